@@ -1,0 +1,93 @@
+"""The hash itself: exact bit patterns on small arrays, the area shrink, low-detail detection."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+import pytest
+
+import hash_and_search as hs
+from conftest import PHOTOS, read_photo
+
+
+def hash_of_grey(grey: np.ndarray, hash_size: int = 8) -> int:
+    return hs.dhash(hs.area_average(grey, hash_size + 1, hash_size))
+
+
+def test_brighter_to_the_right_sets_every_bit() -> None:
+    ramp = np.tile(np.arange(9, dtype=np.uint8) * 20, (8, 1))
+    assert hash_of_grey(ramp) == 2**64 - 1
+    assert hs.format_hash(hash_of_grey(ramp), 8) == "ffffffffffffffff"
+
+
+def test_darker_to_the_right_sets_no_bit() -> None:
+    ramp = np.tile(np.arange(9, 0, -1, dtype=np.uint8) * 20, (8, 1))
+    assert hash_of_grey(ramp) == 0
+    assert hs.format_hash(0, 8) == "0000000000000000"
+
+
+@pytest.mark.parametrize("row, column", [(0, 0), (0, 7), (3, 2), (7, 7)])
+def test_bit_order_is_row_major_over_the_pairs(row: int, column: int) -> None:
+    # Rows fall to the right, except one pair that rises: only its bit is set.
+    grey = np.tile(np.arange(9, 0, -1, dtype=np.uint8) * 20, (8, 1))
+    grey[row, column + 1] = grey[row, column] + 5
+    assert hash_of_grey(grey) == 2 ** (row * 8 + column)
+
+
+def test_known_pattern_on_a_larger_image_with_fractional_cells() -> None:
+    # 8 x 9 cells, 37 x 41 pixels each, plus ragged edges: every cell's mean decides.
+    cells = np.array([[(r * 9 + c) * 7 % 256 for c in range(9)] for r in range(8)], dtype=np.uint8)
+    grey = cv2.resize(cells, (9 * 41 + 5, 8 * 37 + 3), interpolation=cv2.INTER_NEAREST)
+    expected = sum(1 << (r * 8 + c) for r in range(8) for c in range(8) if cells[r, c + 1] > cells[r, c])
+    assert hash_of_grey(grey) == expected
+
+
+def test_hash_size_16_gives_256_bits() -> None:
+    ramp = np.tile(np.arange(17, dtype=np.uint8) * 10, (16, 1))
+    assert hash_of_grey(ramp, 16) == 2**256 - 1
+    assert len(hs.format_hash(1, 16)) == 64
+
+
+@pytest.mark.parametrize("shape", [(3000, 4000), (643, 960), (37, 41)])
+def test_area_average_agrees_with_opencv_when_shrinking(shape: tuple[int, int]) -> None:
+    grey = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    # OpenCV's INTER_AREA computes the same means when shrinking, rounded to whole grey levels.
+    reference = cv2.resize(grey, (9, 8), interpolation=cv2.INTER_AREA).astype(float)
+    assert np.abs(hs.area_average(grey, 9, 8) - reference).max() <= 0.5 + 1e-9
+
+
+@pytest.mark.parametrize("shape", [(8, 9), (5, 3), (1, 1), (100, 7), (16, 27)])
+def test_area_average_is_the_exact_mean_under_each_cell(shape: tuple[int, int]) -> None:
+    grey = np.random.default_rng(sum(shape)).integers(0, 256, shape, dtype=np.uint8)
+    # Repeating each pixel 8 x 9 times makes every cell a whole block of the repeated image.
+    repeated = np.repeat(np.repeat(grey.astype(float), 8, axis=0), 9, axis=1)
+    blocks = repeated.reshape(8, shape[0], 9, shape[1]).mean(axis=(1, 3))
+    assert np.allclose(hs.area_average(grey, 9, 8), blocks, atol=1e-9)
+
+
+def test_area_average_reads_every_pixel() -> None:
+    # A bilinear 9x8 resize samples a few pixels; one bright column between samples shifts an area mean.
+    grey = np.zeros((800, 900), dtype=np.uint8)
+    before = hs.area_average(grey, 9, 8)
+    grey[:, 151] = 255
+    assert (hs.area_average(grey, 9, 8) > before).any()
+
+
+@pytest.mark.parametrize("grey", [
+    np.zeros((600, 800), np.uint8),
+    np.full((600, 800), 255, np.uint8),
+    np.full((600, 800), 97, np.uint8),
+    np.clip(np.random.default_rng(1).normal(128, 4, (600, 800)), 0, 255).astype(np.uint8),
+    np.tile(np.linspace(30, 220, 600)[:, None], (1, 800)).astype(np.uint8),  # a sky, darker at the top
+], ids=["black", "white", "grey", "faint noise", "vertical gradient"])
+def test_blank_frames_are_low_detail(grey: np.ndarray) -> None:
+    assert hs.is_low_detail(hs.area_average(grey, 9, 8))
+
+
+@pytest.mark.parametrize("index", range(len(PHOTOS)))
+def test_photos_are_not_low_detail(index: int) -> None:
+    assert not hs.fingerprint_pixels(read_photo(index), 8)[1]
+
+
+def test_colour_and_grey_pixels_of_a_grey_photo_hash_alike() -> None:
+    grey = cv2.cvtColor(read_photo(1), cv2.COLOR_BGR2GRAY)
+    assert hs.fingerprint_pixels(grey, 8) == hs.fingerprint_pixels(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), 8)
