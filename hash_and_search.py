@@ -19,6 +19,7 @@ import hashlib
 import json
 import os
 import posixpath
+import sqlite3
 import stat
 import sys
 import time
@@ -290,43 +291,205 @@ def fingerprint_pixels(pixels, hash_size: int) -> tuple[int, bool]:
     return dhash(small), is_low_detail(small)
 
 
-def fingerprint_file(path: str, hash_size: int, known: Mapping[bytes, Fingerprint]) -> Fingerprint:
-    """Read one file and hash it, unless a file with the same bytes is known. Never raises for a bad file."""
+DECODED, BYTE_COPY, FROM_CACHE = "decoded", "byte-identical", "from cache"
+
+
+def fingerprint_file(path: str, hash_size: int, known: Mapping[bytes, Fingerprint]) -> tuple[Fingerprint, str]:
+    """Read one file and hash it, unless a file with the same bytes is known; say which it did.
+    Never raises for a bad file."""
     try:
         with open(path, "rb") as file:
             data = file.read()
     except OSError as err:
-        return Fingerprint(b"", error=describe_os_error(err))
-    digest = hashlib.sha256(data).digest()
+        return Fingerprint(b"", error=describe_os_error(err)), DECODED
+    digest = hashlib.sha256(data).digest()  # 1.3 ms for a 12-megapixel JPEG, 2% of its decode
     if digest in known:
-        return known[digest]
+        return known[digest], BYTE_COPY
     try:
         value, low_detail = fingerprint_pixels(decode_image(data), hash_size)
     except UnreadableImage as err:
-        return Fingerprint(digest, error=str(err))
+        return Fingerprint(digest, error=str(err)), DECODED
     except Exception as err:  # one strange file must not end a run over thousands
-        return Fingerprint(digest, error=f"unexpected error while hashing: {err!r}")
-    return Fingerprint(digest, value, low_detail)
+        return Fingerprint(digest, error=f"unexpected error while hashing: {err!r}"), DECODED
+    return Fingerprint(digest, value, low_detail), DECODED
 
+
+# ---------------------------------------------------------------------------------------
+# Cache
+# ---------------------------------------------------------------------------------------
+
+# Bump when a change to decoding or hashing changes any value: older records are then ignored.
+ALGORITHM_VERSION = 1
+CACHE_SCHEMA_VERSION = 1
+CACHE_BATCH = 64  # records per transaction: the most that Ctrl-C or kill -9 can lose
+CACHE_LOCK_TIMEOUT_S = 30.0  # how long to wait for another run's write to finish
+CACHE_FILE_NAME = "fingerprints.sqlite3"
+# SQLite's codes for a file that is not a database, or a damaged one: rebuilt, not just skipped.
+SQLITE_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+
+
+def default_cache_path() -> Path:
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("hash_and_search", appauthor=False)) / CACHE_FILE_NAME
+
+
+class HashCache:
+    """Fingerprints of files hashed before, valid while a file keeps its path, size and mtime.
+
+    A problem with the cache file costs one warning and the cache, never the run.
+    """
+
+    def __init__(self, path: Path, hash_size: int, warn: Callable[[str], None]):
+        self.path, self.hash_size, self.warn = path, hash_size, warn
+        self.pending: list[tuple[object, ...]] = []
+        self.db: sqlite3.Connection | None = None
+        try:
+            self.db = self._connect()
+        except sqlite3.DatabaseError as err:
+            if getattr(err, "sqlite_errorname", None) in SQLITE_DAMAGED:
+                self._rebuild(err)
+            else:
+                self._give_up(err)
+        except OSError as err:
+            self._give_up(err)
+
+    def _connect(self) -> sqlite3.Connection:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, timeout=CACHE_LOCK_TIMEOUT_S)
+        try:
+            # WAL: readers never wait for a writer, so two runs can share the file; with
+            # synchronous=NORMAL a crash may lose the last commits but never the file.
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            if db.execute("PRAGMA user_version").fetchone()[0] != CACHE_SCHEMA_VERSION:
+                db.executescript(f"""
+                    BEGIN IMMEDIATE;
+                    DROP TABLE IF EXISTS fingerprints;
+                    CREATE TABLE fingerprints (
+                        path BLOB NOT NULL, hash_size INTEGER NOT NULL, algorithm INTEGER NOT NULL,
+                        size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, digest BLOB NOT NULL,
+                        hash TEXT, low_detail INTEGER NOT NULL, error TEXT,
+                        PRIMARY KEY (path, hash_size)) WITHOUT ROWID;
+                    PRAGMA user_version = {CACHE_SCHEMA_VERSION};
+                    COMMIT;""")
+        except BaseException:
+            db.close()
+            raise
+        return db
+
+    def _rebuild(self, err: sqlite3.Error) -> None:
+        aside = self.path.with_name(self.path.name + ".corrupt")
+        try:
+            os.replace(self.path, aside)
+            for suffix in ("-wal", "-shm"):  # the damaged file's journal must not meet the new file
+                Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            self.db = self._connect()
+        except (sqlite3.Error, OSError) as again:
+            self._give_up(again)
+        else:
+            self.warn(f"cache {self.path} was damaged ({err}); moved it to {aside.name} and started a new one")
+
+    def _give_up(self, err: Exception) -> None:
+        self.warn(f"cache {self.path} cannot be used ({err}); going on without it")
+        if self.db is not None:
+            self.db.close()
+        self.db, self.pending = None, []
+
+    @staticmethod
+    def _key(image: ImageFile) -> bytes:
+        return os.fsencode(os.path.abspath(image.path))  # bytes: file names need not be valid text
+
+    def lookup(self, image: ImageFile) -> Fingerprint | None:
+        if self.db is None:
+            return None
+        try:
+            row = self.db.execute(
+                "SELECT size, mtime_ns, algorithm, digest, hash, low_detail, error FROM fingerprints"
+                " WHERE path = ? AND hash_size = ?", (self._key(image), self.hash_size)).fetchone()
+        except sqlite3.Error as err:
+            self._give_up(err)
+            return None
+        if row is None or tuple(row[:3]) != (image.size, image.mtime_ns, ALGORITHM_VERSION):
+            return None
+        digest, value, low_detail, error = row[3:]
+        return Fingerprint(digest, None if value is None else int(value, 16), bool(low_detail), error)
+
+    def store(self, image: ImageFile, fp: Fingerprint) -> None:
+        if self.db is None or not fp.digest:  # a file that could not be read: try again next time
+            return
+        value = None if fp.hash is None else format_hash(fp.hash, self.hash_size)
+        self.pending.append((self._key(image), self.hash_size, ALGORITHM_VERSION, image.size, image.mtime_ns,
+                             fp.digest, value, fp.low_detail, fp.error))
+        if len(self.pending) >= CACHE_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.db is None or not self.pending:
+            return
+        try:
+            with self.db:  # one transaction
+                self.db.executemany("INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                    self.pending)
+            self.pending = []
+        except sqlite3.Error as err:
+            self._give_up(err)
+
+    def prune(self) -> int:
+        """Forget files that are gone, and records of older algorithms. Returns how many."""
+        if self.db is None:
+            return 0
+        try:
+            with self.db:
+                stale = [(path,) for (path,) in self.db.execute("SELECT DISTINCT path FROM fingerprints")
+                         if not os.path.lexists(path)]
+                self.db.executemany("DELETE FROM fingerprints WHERE path = ?", stale)
+                old = self.db.execute("DELETE FROM fingerprints WHERE algorithm != ?", (ALGORITHM_VERSION,))
+                return len(stale) + old.rowcount
+        except sqlite3.Error as err:
+            self._give_up(err)
+            return 0
+
+    def close(self) -> None:
+        self.flush()
+        if self.db is not None:
+            self.db.close()
+            self.db = None
+
+
+# ---------------------------------------------------------------------------------------
+# Hash every file: in parallel, cached
+# ---------------------------------------------------------------------------------------
 
 def fingerprint_all(
     images: Sequence[ImageFile],
     hash_size: int,
     jobs: int,
+    cache: HashCache | None = None,
     known: Mapping[bytes, Fingerprint] = {},
-    on_done: Callable[[], None] = lambda: None,
-) -> list[Fingerprint]:
-    """Fingerprint files on `jobs` threads (OpenCV releases the GIL while it decodes), in order."""
+    on_done: Callable[[int], None] = lambda n: None,
+) -> tuple[list[Fingerprint], Counter[str]]:
+    """Fingerprints of the images, in order, and how many came from the cache, from a byte
+    copy, or from decoding. Decodes on `jobs` threads: OpenCV releases the GIL meanwhile."""
+    prints: list[Fingerprint | None] = [cache.lookup(image) if cache else None for image in images]
+    sources = Counter({FROM_CACHE: sum(fp is not None for fp in prints)})
+    on_done(sources[FROM_CACHE])
+    todo = [i for i, fp in enumerate(prints) if fp is None]
     executor = ThreadPoolExecutor(max_workers=jobs)
     try:
-        results = []
-        for result in executor.map(lambda image: fingerprint_file(image.path, hash_size, known), images):
-            results.append(result)
-            on_done()
-        return results
+        work = executor.map(lambda i: fingerprint_file(images[i].path, hash_size, known), todo)
+        for i, (fp, source) in zip(todo, work):
+            prints[i] = fp
+            sources[source] += 1
+            if cache:
+                cache.store(images[i], fp)
+            on_done(1)
     finally:
-        # On Ctrl-C, drop the queued files instead of waiting for all of them.
+        # On Ctrl-C, drop the queued files instead of waiting for them, and keep what is done.
         executor.shutdown(wait=True, cancel_futures=True)
+        if cache:
+            cache.flush()
+    return prints, sources
 
 
 # ---------------------------------------------------------------------------------------
@@ -444,12 +607,17 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
+def json_key(label: str) -> str:
+    return label.replace(" ", "_").replace("-", "_")
+
+
 def render_json(result: RunResult) -> str:
     hash_size = result.settings["hash_size"]
     document = {
         "tool": {"name": "hash_and_search", "version": __version__},
         "settings": result.settings,
         "totals": result.totals(),
+        "trees": {tree.name: tree.as_json() for tree in result.trees},
         "folders": [
             {"folder": v.folder, "verdict": v.verdict, "images": v.images, "matched": v.matched,
              "unmatched": dict(sorted(v.other.items()))}
@@ -463,9 +631,8 @@ def render_json(result: RunResult) -> str:
             for n in result.needles
         ],
         "unreadable": [
-            {"tree": tree, "path": problem.rel, "reason": problem.reason}
-            for tree, problems in (("haystack", result.haystack_unreadable), ("needles", result.needles_unreadable))
-            for problem in problems
+            {"tree": tree.name, "path": problem.rel, "reason": problem.reason}
+            for tree in result.trees for problem in tree.unreadable
         ],
         "elapsed_seconds": round(result.elapsed, 3),
     }
@@ -474,15 +641,25 @@ def render_json(result: RunResult) -> str:
 
 @dataclass
 class TreeSummary:
+    """What hashing one tree took, for the summary on stderr and the JSON."""
+
     name: str
     hashed: int
     unreadable: list[Unreadable]
     unsupported: int
+    sources: Mapping[str, int]
     seconds: float
 
     def line(self) -> str:
+        how = ", ".join(f"{n} {source}" for source, n in self.sources.items() if n)
         return (f"{self.name}: {_count(self.hashed, 'image')} hashed, {len(self.unreadable)} unreadable, "
-                f"{self.unsupported} unsupported, in {self.seconds:.1f} s")
+                f"{self.unsupported} unsupported, in {self.seconds:.1f} s" + (f" ({how})" if how else ""))
+
+    def as_json(self) -> dict[str, object]:
+        return {"hashed": self.hashed, "unreadable": len(self.unreadable), "unsupported": self.unsupported,
+                **{json_key(source): self.sources.get(source, 0)
+                   for source in (FROM_CACHE, BYTE_COPY, DECODED)},
+                "seconds": round(self.seconds, 3)}
 
 
 @dataclass
@@ -490,22 +667,19 @@ class RunResult:
     settings: dict[str, object]
     needles: list[NeedleResult]
     verdicts: list[FolderVerdict]
-    haystack_unreadable: list[Unreadable]
-    needles_unreadable: list[Unreadable]
-    haystack_images: int
+    trees: tuple[TreeSummary, TreeSummary]  # haystack, needles
     elapsed: float
 
     def totals(self) -> dict[str, int]:
         statuses = Counter(needle.status for needle in self.needles)
         folders = Counter(verdict.verdict for verdict in self.verdicts)
         return {
-            "haystack_images": self.haystack_images,
-            "haystack_unreadable": len(self.haystack_unreadable),
+            "haystack_images": self.trees[0].hashed,
             "needle_images": len(self.needles),
-            **{f"needles_{status.replace(' ', '_')}": statuses[status]
+            **{f"needles_{json_key(status)}": statuses[status]
                for status in (MATCHED, MISSING, LOW_DETAIL, UNREADABLE, UNSUPPORTED)},
             "needle_folders": len(self.verdicts),
-            **{f"folders_{verdict.replace(' ', '_')}": folders[verdict] for verdict in (NOT_IN, PARTLY_IN, IN)},
+            **{f"folders_{json_key(verdict)}": folders[verdict] for verdict in (NOT_IN, PARTLY_IN, IN)},
         }
 
     @property
@@ -542,6 +716,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="write the whole result as one JSON document on stdout")
     parser.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N",
                         help="images decoded at once (default: all %(default)s cores)")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument("--cache", type=Path, metavar="FILE",
+                       help="the hash cache, an SQLite file (default: in the user's cache folder)")
+    cache.add_argument("--no-cache", action="store_true", help="neither read nor write a hash cache")
+    parser.add_argument("--prune-cache", action="store_true",
+                        help="also forget cached files that no longer exist")
     parser.add_argument("-v", "--verbose", action="store_true", help="list each unreadable file with the reason")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary on stderr")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -567,6 +747,23 @@ def check_folder(path: Path, option: str) -> None:
         raise FatalError(f"{option} {path}: not a folder")
     if not os.access(path, os.R_OK | os.X_OK):
         raise FatalError(f"{option} {path}: permission denied")
+
+
+def warn(message: str) -> None:
+    print(f"hash_and_search: warning: {message}", file=sys.stderr)
+
+
+def open_cache(args: argparse.Namespace) -> HashCache | None:
+    """The cache the user asked for, unless it would be written inside a folder being read."""
+    if args.no_cache:
+        return None
+    path = args.cache or default_cache_path()
+    real = Path(os.path.realpath(path))
+    for option, root in (("--haystack", args.haystack), ("--needles", args.needles)):
+        if real.is_relative_to(os.path.realpath(root)):
+            warn(f"cache {path} would be inside {option}, which is never written to; going on without a cache")
+            return None
+    return HashCache(path, args.hash_size, warn)
 
 
 class Progress:
@@ -595,18 +792,18 @@ class _NoBar:
 
 
 def scan_and_fingerprint(
-    root: Path, name: str, args: argparse.Namespace, progress: Progress,
+    root: Path, name: str, args: argparse.Namespace, cache: HashCache | None, progress: Progress,
     known: Mapping[bytes, Fingerprint] = {},
 ) -> tuple[Scan, list[Fingerprint], TreeSummary]:
     started = time.perf_counter()
     with progress.bar(f"finding {name}", unit="file") as bar:
         scan = find_images(root, on_found=bar.update)
     with progress.bar(f"hashing {name}", total=len(scan.images)) as bar:
-        prints = fingerprint_all(scan.images, args.hash_size, args.jobs, known, on_done=bar.update)
-    failed = [Unreadable(image.rel, p.error) for image, p in zip(scan.images, prints) if p.error is not None]
+        prints, sources = fingerprint_all(scan.images, args.hash_size, args.jobs, cache, known, bar.update)
+    failed = [Unreadable(image.rel, fp.error) for image, fp in zip(scan.images, prints) if fp.error is not None]
     unreadable = sorted(scan.unreadable + failed, key=lambda problem: problem.rel)
     summary = TreeSummary(name, len(scan.images) - len(failed), unreadable, len(scan.unsupported),
-                          time.perf_counter() - started)
+                          sources, time.perf_counter() - started)
     return scan, prints, summary
 
 
@@ -615,28 +812,33 @@ def run(args: argparse.Namespace) -> RunResult:
     check_folder(args.needles, "--needles")
     started = time.perf_counter()
     progress = Progress(enabled=not args.quiet and sys.stderr.isatty())
-    haystack, haystack_prints, haystack_summary = scan_and_fingerprint(args.haystack, "haystack", args, progress)
-    known = {p.digest: p for p in haystack_prints if p.digest}
-    needles, needle_prints, needles_summary = scan_and_fingerprint(args.needles, "needles", args, progress, known)
-    index = build_index(haystack.images, haystack_prints)
-    results = match_needles(needles, needle_prints, index)
-    summaries = (haystack_summary, needles_summary)
+    cache = open_cache(args)
+    try:
+        haystack, haystack_prints, haystack_tree = scan_and_fingerprint(
+            args.haystack, "haystack", args, cache, progress)
+        known = {fp.digest: fp for fp in haystack_prints if fp.digest}
+        needles, needle_prints, needles_tree = scan_and_fingerprint(
+            args.needles, "needles", args, cache, progress, known)
+        if cache and args.prune_cache:
+            print(f"cache: forgot {_count(cache.prune(), 'record')} of files that are gone", file=sys.stderr)
+    finally:
+        if cache:
+            cache.close()
+    results = match_needles(needles, needle_prints, build_index(haystack.images, haystack_prints))
     if not args.quiet:
-        for summary in summaries:
-            print(summary.line(), file=sys.stderr)
+        for tree in (haystack_tree, needles_tree):
+            print(tree.line(), file=sys.stderr)
             if args.verbose:
-                for problem in summary.unreadable:
+                for problem in tree.unreadable:
                     print(f"  unreadable: {problem.rel}: {problem.reason}", file=sys.stderr)
-        if not needles.images and not needles.unsupported and not needles.unreadable:
-            print(f"warning: no images found under {args.needles}", file=sys.stderr)
+    if not results:
+        warn(f"no images found under {args.needles}")
     return RunResult(
         settings={"haystack": str(args.haystack), "needles": str(args.needles), "hash_size": args.hash_size,
-                  "jobs": args.jobs},
+                  "jobs": args.jobs, "cache": None if cache is None else str(cache.path)},
         needles=results,
         verdicts=folder_verdicts(results),
-        haystack_unreadable=haystack_summary.unreadable,
-        needles_unreadable=needles_summary.unreadable,
-        haystack_images=haystack_summary.hashed,
+        trees=(haystack_tree, needles_tree),
         elapsed=time.perf_counter() - started,
     )
 
