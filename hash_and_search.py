@@ -14,9 +14,12 @@ fatal problem (a folder that does not exist or cannot be read).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import hashlib
+import itertools
 import json
+import math
 import os
 import posixpath
 import sqlite3
@@ -51,6 +54,12 @@ UNSUPPORTED_EXTENSIONS = frozenset(
 # image below which its hash bits are decided by rounding noise. Measured on the 46 sample
 # photos: the flattest (a starfield) has 3.7; black, white and uniform frames have 0 to 0.5.
 LOW_DETAIL_MAX_MEAN_STEP = 2.0
+
+# Side of the greyscale thumbnail kept to confirm near matches, and the least similarity
+# (see signature_similarity) that confirms one: chosen by benchmarks/calibrate.py.
+SIGNATURE_SIZE = 24
+CONFIRM_MIN_SIMILARITY = 0.7
+RECOMMENDED_DISTANCE = 8  # every calibration copy matches from 4 on; 8 leaves room for stronger edits
 
 
 
@@ -182,6 +191,7 @@ def _cv2():
     # Its decoders' warnings about damaged files would interleave with the report; the
     # damage is reported per file instead.
     cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+    cv2.setNumThreads(1)  # the cores are busy decoding other images: no threads within one
     return cv2
 
 
@@ -225,38 +235,52 @@ def to_grey(pixels):
     return pixels if pixels.ndim == 2 else cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
 
 
-def area_average(grey, width: int, height: int):
-    """Shrink a greyscale image to width x height; each cell is the exact mean of the pixels
-    under it, partly covered pixels weighted by the share inside.
+def area_sums(grey, width: int, height: int):
+    """Shrink an 8-bit greyscale image to width x height cells, exactly: each cell holds the
+    mean of the pixels under it (partly covered pixels weighted by the share inside) times
+    the image's pixel count, an integer.
 
-    cv2.resize(INTER_AREA) computes the same up to rounding, but only fast when the scale
-    factors are whole numbers: for a 4000 x 3000 photo it takes 40 ms, this 1 ms.
-    """
-    np = _np()
-    bands = _band_sums(grey, height)  # (height, image width) sums over rows
-    cells = _band_sums(np.ascontiguousarray(bands.T), width).T  # (height, width)
-    return cells * (height * width / (grey.shape[0] * grey.shape[1]))
-
-
-def _band_sums(array, bands: int):
-    """Sums of the rows of `array` over `bands` equal slices of its height, in float64.
-
-    With S the running sum of rows, the sum up to a fractional row y is S(floor y) plus the
-    fraction of row floor y, so each band is a difference of two such values.
+    cv2.resize(INTER_AREA) computes the same means, rounded, but is only fast when the scale
+    factors are whole numbers: for a 4000 x 3000 photo it takes 40 ms, this about 1 ms.
     """
     cv2, np = _cv2(), _np()
-    rows = array.shape[0]
-    edges = np.arange(bands + 1) * rows
-    whole = np.minimum(edges // bands, rows - 1)  # the last edge falls on the last row, wholly
-    fraction = (edges - whole * bands) / bands
-    depth = cv2.CV_32S if array.dtype == np.uint8 else cv2.CV_64F
-    width = array.shape[1]
-    sums = np.zeros((bands, width))
-    for band, (start, stop) in enumerate(zip(whole[:-1], whole[1:])):
-        if stop > start:
-            sums[band] = cv2.reduce(array[start:stop], 0, cv2.REDUCE_SUM, dtype=depth)[0]
-    boundary_rows = array[whole].astype(np.float64)
-    return sums + fraction[1:, None] * boundary_rows[1:] - fraction[:-1, None] * boundary_rows[:-1]
+    rows, row_parts = _cell_edges(grey.shape[0], height)
+    cols, col_parts = _cell_edges(grey.shape[1], width)
+    # The one pass over every pixel: sums of the whole rows inside each band of rows.
+    whole_rows = np.stack([
+        cv2.reduce(grey[start:stop], 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S)[0] if stop > start
+        else np.zeros(grey.shape[1], np.int32)
+        for start, stop in zip(rows[:-1].tolist(), rows[1:].tolist())])
+    # The rows cut by band edges join in after the columns are shrunk, when they are small.
+    return _add_cut_parts(_shrink_columns(whole_rows, cols, col_parts),
+                          _shrink_columns(grey[rows], cols, col_parts), row_parts)
+
+
+def area_average(grey, width: int, height: int):
+    """The mean of the pixels under each of width x height cells (see area_sums)."""
+    return area_sums(grey, width, height) / (grey.shape[0] * grey.shape[1])
+
+
+def _cell_edges(pixels: int, cells: int):
+    """Where the edges of `cells` equal cells over `pixels` pixels fall: the pixel each edge
+    cuts, and how much of that pixel lies before the edge, in 1/cells of a pixel."""
+    np = _np()
+    edges = np.arange(cells + 1) * pixels  # in 1/cells of a pixel
+    cut = np.minimum(edges // cells, pixels - 1)  # the last edge takes all of the last pixel
+    return cut, edges - cut * cells
+
+
+def _add_cut_parts(whole, cut, parts):
+    """Cell sums (times the cell count) from the sums of whole pixels between edges plus the
+    parts of the cut pixels inside each cell, along the first axis."""
+    return whole * len(whole) + parts[1:, None] * cut[1:] - parts[:-1, None] * cut[:-1]
+
+
+def _shrink_columns(array, cols, col_parts):
+    np = _np()
+    whole = np.add.reduceat(array, cols, axis=1, dtype=np.int64)[:, :-1]
+    whole[:, cols[1:] == cols[:-1]] = 0  # reduceat gives the cut pixel, not 0, for no whole pixel
+    return _add_cut_parts(whole.T, array[:, cols].astype(np.int64).T, col_parts).T
 
 
 def dhash(small) -> int:
@@ -266,29 +290,62 @@ def dhash(small) -> int:
     return int.from_bytes(np.packbits(brighter, axis=None, bitorder="little").tobytes(), "little")
 
 
-def is_low_detail(small) -> bool:
+def is_low_detail(small_means) -> bool:
     """Blank frames, white pages, flat skies: their hash bits are noise and match each other."""
     np = _np()
-    return float(np.abs(np.diff(small, axis=1)).mean()) < LOW_DETAIL_MAX_MEAN_STEP
+    return float(np.abs(np.diff(small_means, axis=1)).mean()) < LOW_DETAIL_MAX_MEAN_STEP
 
 
 def format_hash(value: int, hash_size: int) -> str:
     return f"{value:0{(hash_size * hash_size + 3) // 4}x}"
 
 
+# The needle turned by k quarter turns clockwise, after mirroring left-right for k >= 4.
+ORIENTATIONS = ("as is", "turned 90° clockwise", "turned 180°", "turned 90° counter-clockwise",
+                "mirrored", "mirrored and turned 90° clockwise", "mirrored and turned 180°",
+                "mirrored and turned 90° counter-clockwise")
+
+
+def orient(square, k: int):
+    np = _np()
+    return np.rot90(square if k < 4 else square[:, ::-1], -(k % 4))
+
+
 @dataclass(frozen=True, slots=True)
 class Fingerprint:
-    """What hashing one file gave: its hash, or why there is none."""
+    """What hashing one file gave: its hashes and signature, or why there are none."""
 
     digest: bytes  # of the file's bytes: finds byte-for-byte copies without decoding
-    hash: int | None = None
+    hashes: tuple[int, ...] = ()  # the dHash of the image in each of the ORIENTATIONS
     low_detail: bool = False
+    signature: bytes = b""  # a SIGNATURE_SIZE-square greyscale thumbnail, to confirm near matches
     error: str | None = None
 
+    @property
+    def hash(self) -> int | None:
+        return self.hashes[0] if self.hashes else None
 
-def fingerprint_pixels(pixels, hash_size: int) -> tuple[int, bool]:
-    small = area_average(to_grey(pixels), hash_size + 1, hash_size)
-    return dhash(small), is_low_detail(small)
+
+def fingerprint_pixels(pixels, hash_size: int) -> Fingerprint:
+    """Hashes in every orientation and the signature, all from one exact thumbnail whose
+    side, hash_size * (hash_size + 1), splits into whole blocks both ways: a block grid of
+    hash_size + 1 columns and hash_size rows is the dHash grid, turned or not."""
+    np, cv2 = _np(), _cv2()
+    grey = to_grey(pixels)
+    side = hash_size * (hash_size + 1)
+    thumbnail = area_sums(grey, side, side)
+    hashes = tuple(dhash(block_sums(orient(thumbnail, k), hash_size + 1, hash_size))
+                   for k in range(len(ORIENTATIONS)))
+    means = thumbnail / (grey.shape[0] * grey.shape[1])
+    small = block_sums(means, hash_size + 1, hash_size) / side  # each block is side thumbnail cells
+    signature = cv2.resize(means.astype(np.float32), (SIGNATURE_SIZE, SIGNATURE_SIZE), interpolation=cv2.INTER_AREA)
+    return Fingerprint(b"", hashes, is_low_detail(small), np.rint(signature).astype(np.uint8).tobytes())
+
+
+def block_sums(square, width: int, height: int):
+    """Sums over width x height equal blocks of a square whose side both divide."""
+    side = square.shape[0]
+    return square.reshape(height, side // height, width, side // width).sum(axis=(1, 3))
 
 
 DECODED, BYTE_COPY, FROM_CACHE = "decoded", "byte-identical", "from cache"
@@ -306,12 +363,12 @@ def fingerprint_file(path: str, hash_size: int, known: Mapping[bytes, Fingerprin
     if digest in known:
         return known[digest], BYTE_COPY
     try:
-        value, low_detail = fingerprint_pixels(decode_image(data), hash_size)
+        fp = fingerprint_pixels(decode_image(data), hash_size)
     except UnreadableImage as err:
         return Fingerprint(digest, error=str(err)), DECODED
     except Exception as err:  # one strange file must not end a run over thousands
         return Fingerprint(digest, error=f"unexpected error while hashing: {err!r}"), DECODED
-    return Fingerprint(digest, value, low_detail), DECODED
+    return dataclasses.replace(fp, digest=digest), DECODED
 
 
 # ---------------------------------------------------------------------------------------
@@ -369,7 +426,7 @@ class HashCache:
                     CREATE TABLE fingerprints (
                         path BLOB NOT NULL, hash_size INTEGER NOT NULL, algorithm INTEGER NOT NULL,
                         size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, digest BLOB NOT NULL,
-                        hash TEXT, low_detail INTEGER NOT NULL, error TEXT,
+                        hashes TEXT, low_detail INTEGER NOT NULL, signature BLOB NOT NULL, error TEXT,
                         PRIMARY KEY (path, hash_size)) WITHOUT ROWID;
                     PRAGMA user_version = {CACHE_SCHEMA_VERSION};
                     COMMIT;""")
@@ -405,22 +462,23 @@ class HashCache:
             return None
         try:
             row = self.db.execute(
-                "SELECT size, mtime_ns, algorithm, digest, hash, low_detail, error FROM fingerprints"
+                "SELECT size, mtime_ns, algorithm, digest, hashes, low_detail, signature, error FROM fingerprints"
                 " WHERE path = ? AND hash_size = ?", (self._key(image), self.hash_size)).fetchone()
         except sqlite3.Error as err:
             self._give_up(err)
             return None
         if row is None or tuple(row[:3]) != (image.size, image.mtime_ns, ALGORITHM_VERSION):
             return None
-        digest, value, low_detail, error = row[3:]
-        return Fingerprint(digest, None if value is None else int(value, 16), bool(low_detail), error)
+        digest, hashes, low_detail, signature, error = row[3:]
+        return Fingerprint(digest, tuple(int(h, 16) for h in hashes.split()) if hashes else (),
+                           bool(low_detail), signature, error)
 
     def store(self, image: ImageFile, fp: Fingerprint) -> None:
         if self.db is None or not fp.digest:  # a file that could not be read: try again next time
             return
-        value = None if fp.hash is None else format_hash(fp.hash, self.hash_size)
+        hashes = " ".join(format_hash(h, self.hash_size) for h in fp.hashes) or None
         self.pending.append((self._key(image), self.hash_size, ALGORITHM_VERSION, image.size, image.mtime_ns,
-                             fp.digest, value, fp.low_detail, fp.error))
+                             fp.digest, hashes, fp.low_detail, fp.signature, fp.error))
         if len(self.pending) >= CACHE_BATCH:
             self.flush()
 
@@ -429,7 +487,7 @@ class HashCache:
             return
         try:
             with self.db:  # one transaction
-                self.db.executemany("INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self.db.executemany("INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                     self.pending)
             self.pending = []
         except sqlite3.Error as err:
@@ -496,8 +554,183 @@ def fingerprint_all(
 # Index and match
 # ---------------------------------------------------------------------------------------
 
+# Each substring has a direct table of its buckets, of 2**length slots: substrings are kept
+# short enough for at most this many slots per hash, and at most 2**22 slots (32 MiB).
+MAX_TABLE_SLOTS_PER_HASH = 8
+MAX_TABLE_BITS = 22
+# Bucket probes per batch of queries: bounds the memory of a search at a wide distance.
+PROBES_PER_BATCH = 2_000_000
+
+
+def hash_words(values: Sequence[int], bits: int):
+    """Hashes as an (n, words) array of uint64, the least significant word first."""
+    np = _np()
+    words = -(-bits // 64)
+    if words == 1:
+        return np.fromiter(values, dtype=np.uint64, count=len(values)).reshape(-1, 1)
+    low = (1 << 64) - 1
+    return np.array([[(v >> (64 * w)) & low for w in range(words)] for v in values],
+                    dtype=np.uint64).reshape(-1, words)
+
+
+def brute_force_search(hashes: Sequence[int], queries: Sequence[int], max_distance: int,
+                       bits: int = 64) -> list[list[tuple[int, int]]]:
+    """Every query against every hash: the reference HammingIndex is tested against."""
+    np = _np()
+    table, found = hash_words(hashes, bits), []
+    for query in hash_words(queries, bits):
+        distances = np.bitwise_count(table ^ query).sum(axis=1)
+        positions = np.flatnonzero(distances <= max_distance)
+        nearest_first = positions[np.lexsort((positions, distances[positions]))]
+        found.append([(int(p), int(distances[p])) for p in nearest_first])
+    return found
+
+
+class HammingIndex:
+    """The hashes within a Hamming distance of each query, found without comparing the query
+    with every hash: multi-index hashing (Norouzi, Punjani and Fleet, CVPR 2012).
+
+    The bits are cut into m substrings, each with a table of the hashes by its value. By the
+    pigeonhole principle, two hashes that differ in at most d bits differ in at most d // m
+    bits of some substring, so probing every table with the query's substring and its
+    variants within d // m bits finds every answer; only those candidates are compared in
+    full. m is chosen per search for the fewest probes plus candidates expected.
+
+        index = HammingIndex(hashes)
+        index.search(queries, 4)  # for each query: [(position in hashes, distance), ...]
+    """
+
+    def __init__(self, hashes: Sequence[int], bits: int = 64):
+        self.bits = bits
+        self.words = hash_words(hashes, bits)
+        self._tables: dict[int, list[_SubstringTable]] = {}
+
+    def __len__(self) -> int:
+        return len(self.words)
+
+    def search(self, queries: Sequence[int], max_distance: int) -> list[list[tuple[int, int]]]:
+        """For each query in order, its (position, distance) pairs within max_distance, nearest
+        first, then by position."""
+        queries = hash_words(queries, self.bits)
+        if not len(self.words):
+            return [[] for _ in range(len(queries))]
+        count = self._substring_count(max_distance)
+        tables = self._tables.get(count) or self._tables.setdefault(count, self._build(count))
+        radius = max_distance // count
+        flips = [_flip_masks(table.length, radius) for table in tables]
+        batch = max(1, PROBES_PER_BATCH // sum(len(f) for f in flips))
+        found: list[list[tuple[int, int]]] = []
+        for first in range(0, len(queries), batch):
+            found += self._search_batch(queries[first:first + batch], max_distance, tables, flips)
+        return found
+
+    def _search_batch(self, queries, max_distance, tables, flips) -> list[list[tuple[int, int]]]:
+        np = _np()
+        query_ids, positions = [], []
+        for table, flip in zip(tables, flips):
+            probes = (_substring(queries, table.start, table.length)[:, None] ^ flip).ravel()
+            lows, highs = table.bounds(probes)
+            counts = highs - lows
+            total = int(counts.sum())
+            # Expand each probe's bucket [low, high) into its members, vectorised.
+            offsets = np.arange(total) - np.repeat(np.cumsum(counts) - counts, counts)
+            positions.append(table.order[np.repeat(lows, counts) + offsets])
+            query_ids.append(np.repeat(np.repeat(np.arange(len(queries)), len(flip)), counts))
+        q, p = np.concatenate(query_ids), np.concatenate(positions)
+        d = np.bitwise_count(self.words[p] ^ queries[q]).sum(axis=1)
+        within = d <= max_distance
+        q, p, d = q[within], p[within], d[within]
+        order = np.lexsort((p, d, q))
+        q, p, d = q[order], p[order], d[order]
+        first_time = np.ones(len(q), dtype=bool)  # a pair can be found through several substrings
+        first_time[1:] = (q[1:] != q[:-1]) | (p[1:] != p[:-1])
+        q, pairs = q[first_time], list(zip(p[first_time].tolist(), d[first_time].tolist()))
+        bounds = np.searchsorted(q, np.arange(len(queries) + 1)).tolist()
+        return [pairs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+
+    def _substring_count(self, max_distance: int) -> int:
+        """The m with the fewest bucket probes plus expected candidates per query, among those
+        whose substrings are short enough for their tables."""
+        longest = min(MAX_TABLE_BITS, (MAX_TABLE_SLOTS_PER_HASH * len(self.words)).bit_length() - 1)
+
+        def cost(m: int) -> float:
+            length = -(-self.bits // m)
+            probes = sum(math.comb(length, flips) for flips in range(min(max_distance // m, length) + 1))
+            return m * probes * (1 + len(self.words) / 2 ** (self.bits // m))
+        return min(range(-(-self.bits // max(1, longest)), self.bits + 1), key=cost)
+
+    def _build(self, count: int) -> list[_SubstringTable]:
+        lengths = [self.bits // count + (i < self.bits % count) for i in range(count)]
+        starts = [sum(lengths[:i]) for i in range(count)]
+        return [_SubstringTable.build(_substring(self.words, start, length), start, length)
+                for start, length in zip(starts, lengths)]
+
+
+@dataclass
+class _SubstringTable:
+    """The hashes ordered by one substring's value, with where each value's bucket starts."""
+
+    start: int
+    length: int
+    order: object  # positions of the hashes, by substring value
+    offsets: object  # bucket v is order[offsets[v]:offsets[v + 1]]
+
+    @classmethod
+    def build(cls, keys, start: int, length: int) -> _SubstringTable:
+        np = _np()
+        offsets = np.zeros(2**length + 1, dtype=np.int64)
+        np.cumsum(np.bincount(keys.astype(np.int64), minlength=2**length), out=offsets[1:])
+        return cls(start, length, np.argsort(keys, kind="stable"), offsets)
+
+    def bounds(self, probes):
+        slots = probes.astype(self.offsets.dtype)
+        return self.offsets[slots], self.offsets[slots + 1]
+
+
+def _substring(words, start: int, length: int):
+    """Bits start .. start + length - 1 of each hash, as uint64."""
+    np = _np()
+    word, offset = divmod(start, 64)
+    keys = words[:, word] >> np.uint64(offset)
+    if offset + length > 64:
+        keys = keys | (words[:, word + 1] << np.uint64(64 - offset))
+    return keys & np.uint64((1 << length) - 1)
+
+
+@functools.cache
+def _flip_masks(length: int, radius: int):
+    """Every value of `length` bits with at most `radius` bits set."""
+    np = _np()
+    return np.array([sum(1 << bit for bit in bits) for flips in range(radius + 1)
+                     for bits in itertools.combinations(range(length), flips)], dtype=np.uint64)
+
+
+def signature_similarity(needle: bytes, haystack: bytes, orientation: int = 0) -> float:
+    """Correlation of the brightness gradients of two signatures, the needle's turned first:
+    about 1 for the same picture however re-encoded or edited, far lower for an overlapping
+    crop, as of a neighbouring burst shot (the gradients no longer line up)."""
+    np = _np()
+
+    def gradients(signature: bytes, k: int):
+        thumb = orient(np.frombuffer(signature, np.uint8).reshape(SIGNATURE_SIZE, -1).astype(np.float64), k)
+        steps = np.concatenate([np.diff(thumb, axis=0).ravel(), np.diff(thumb, axis=1).ravel()])
+        return steps - steps.mean()
+
+    x, y = gradients(needle, orientation), gradients(haystack, 0)
+    norm = math.sqrt(float(x @ x) * float(y @ y))
+    return float(x @ y) / norm if norm else 0.0
+
+
 MATCHED, MISSING, LOW_DETAIL, UNREADABLE, UNSUPPORTED = (
     "matched", "missing", "low detail", "unreadable", "unsupported")
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    path: str  # the haystack image, relative to the haystack
+    distance: int
+    orientation: int  # index into ORIENTATIONS: how the needle was turned to match
+    similarity: float | None  # of the signatures; exact matches are not compared
 
 
 @dataclass(frozen=True, slots=True)
@@ -505,7 +738,7 @@ class NeedleResult:
     rel: str
     status: str
     hash: int | None = None
-    match: str | None = None  # the haystack image it matched, relative to the haystack
+    match: Match | None = None
     reason: str | None = None
 
     @property
@@ -513,26 +746,52 @@ class NeedleResult:
         return posixpath.dirname(self.rel) or "."
 
 
-def build_index(images: Sequence[ImageFile], prints: Sequence[Fingerprint]) -> dict[int, str]:
-    """Hash -> first haystack image with it. Low-detail images are left out: a blank frame
-    matching another blank frame says nothing about whether a photo was imported."""
-    index: dict[int, str] = {}
-    for image, fp in zip(images, prints):
-        if fp.hash is not None and not fp.low_detail:
-            index.setdefault(fp.hash, image.rel)
-    return index
+def find_matches(haystack: Sequence[Fingerprint], needles: Sequence[Fingerprint], distance: int,
+                 rotations: bool, bits: int) -> dict[int, tuple[int, int, int, float | None]]:
+    """Needle position -> (haystack position, distance, orientation, similarity) of its best
+    match: the nearest, as is before turned. A match above distance 0 counts only when the
+    signatures confirm it. Low-detail images never match: a blank frame matching another
+    says nothing about whether a photo was imported."""
+    usable = [i for i, fp in enumerate(haystack) if fp.hashes and not fp.low_detail]
+    orientations = range(len(ORIENTATIONS) if rotations else 1)
+    queries = [(n, k) for n, fp in enumerate(needles) if fp.hashes and not fp.low_detail for k in orientations]
+    found: dict[int, tuple[int, int, int, float | None]] = {}
+    if distance == 0:  # a dictionary: no index to build, no numpy to import on a cached run
+        first_with: dict[int, int] = {}
+        for i in usable:
+            first_with.setdefault(haystack[i].hash, i)
+        for n, k in queries:
+            if n not in found and needles[n].hashes[k] in first_with:
+                found[n] = (first_with[needles[n].hashes[k]], 0, k, None)
+        return found
+    index = HammingIndex([haystack[i].hash for i in usable], bits)
+    for (n, k), candidates in zip(queries, index.search([needles[n].hashes[k] for n, k in queries], distance)):
+        for position, bits_apart in candidates:  # nearest first
+            i = usable[position]
+            similarity = None if bits_apart == 0 else signature_similarity(
+                needles[n].signature, haystack[i].signature, k)
+            if similarity is None or similarity >= CONFIRM_MIN_SIMILARITY:
+                if n not in found or (bits_apart, k) < found[n][1:3]:
+                    found[n] = (i, bits_apart, k, similarity)
+                break
+    return found
 
 
-def match_needles(scan: Scan, prints: Sequence[Fingerprint], index: Mapping[int, str]) -> list[NeedleResult]:
-    results = [NeedleResult(rel, UNSUPPORTED, reason="format OpenCV cannot read") for rel in scan.unsupported]
-    results += [NeedleResult(problem.rel, UNREADABLE, reason=problem.reason) for problem in scan.unreadable]
-    for image, fp in zip(scan.images, prints):
+def match_needles(needles: Scan, needle_prints: Sequence[Fingerprint], haystack: Scan,
+                  haystack_prints: Sequence[Fingerprint], distance: int, rotations: bool,
+                  bits: int) -> list[NeedleResult]:
+    matches = find_matches(haystack_prints, needle_prints, distance, rotations, bits)
+    results = [NeedleResult(rel, UNSUPPORTED, reason="format OpenCV cannot read") for rel in needles.unsupported]
+    results += [NeedleResult(problem.rel, UNREADABLE, reason=problem.reason) for problem in needles.unreadable]
+    for n, (image, fp) in enumerate(zip(needles.images, needle_prints)):
         if fp.error is not None:
             results.append(NeedleResult(image.rel, UNREADABLE, reason=fp.error))
         elif fp.low_detail:
             results.append(NeedleResult(image.rel, LOW_DETAIL, fp.hash, reason="too little detail to tell"))
-        elif fp.hash in index:
-            results.append(NeedleResult(image.rel, MATCHED, fp.hash, index[fp.hash]))
+        elif n in matches:
+            i, bits_apart, k, similarity = matches[n]
+            match = Match(haystack.images[i].rel, bits_apart, k, similarity)
+            results.append(NeedleResult(image.rel, MATCHED, fp.hash, match))
         else:
             results.append(NeedleResult(image.rel, MISSING, fp.hash))
     results.sort(key=lambda result: result.rel)
@@ -626,7 +885,10 @@ def render_json(result: RunResult) -> str:
         "needles": [
             {"path": n.rel, "folder": n.folder, "status": n.status,
              "hash": None if n.hash is None else format_hash(n.hash, hash_size),
-             "match": None if n.match is None else {"path": n.match, "distance": 0},
+             "match": None if n.match is None else {
+                 "path": n.match.path, "distance": n.match.distance,
+                 "orientation": ORIENTATIONS[n.match.orientation],
+                 "similarity": None if n.match.similarity is None else round(n.match.similarity, 3)},
              "reason": n.reason}
             for n in result.needles
         ],
@@ -710,6 +972,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="the backup: folder whose subfolders are checked against the haystack")
     parser.add_argument("--hash-size", type=int, default=DEFAULT_HASH_SIZE, metavar="N",
                         help=f"hash of N x N bits (default {DEFAULT_HASH_SIZE}: 64 bits)")
+    parser.add_argument("-d", "--distance", type=int, default=0, metavar="D",
+                        help="also match hashes that differ in up to D bits, when a finer comparison "
+                             "confirms the picture is the same (default 0: equal hashes only; "
+                             f"{RECOMMENDED_DISTANCE} is recommended for near-duplicates)")
+    parser.add_argument("--rotations", action="store_true",
+                        help="also try each needle turned by 90, 180 and 270 degrees and mirrored")
     parser.add_argument("--list-missing", action="store_true",
                         help="also list, under each folder, the needle images with no match")
     parser.add_argument("--json", action="store_true",
@@ -728,6 +996,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.hash_size not in HASH_SIZE_RANGE:
         parser.error(f"--hash-size must be from {HASH_SIZE_RANGE.start} to {HASH_SIZE_RANGE.stop - 1}")
+    if not 0 <= args.distance <= args.hash_size ** 2:
+        parser.error(f"--distance must be from 0 to {args.hash_size ** 2}, the bits in a hash")
     if args.jobs < 1:
         parser.error("--jobs must be at least 1")
     return args
@@ -824,7 +1094,8 @@ def run(args: argparse.Namespace) -> RunResult:
     finally:
         if cache:
             cache.close()
-    results = match_needles(needles, needle_prints, build_index(haystack.images, haystack_prints))
+    results = match_needles(needles, needle_prints, haystack, haystack_prints, args.distance, args.rotations,
+                            args.hash_size ** 2)
     if not args.quiet:
         for tree in (haystack_tree, needles_tree):
             print(tree.line(), file=sys.stderr)
@@ -835,7 +1106,8 @@ def run(args: argparse.Namespace) -> RunResult:
         warn(f"no images found under {args.needles}")
     return RunResult(
         settings={"haystack": str(args.haystack), "needles": str(args.needles), "hash_size": args.hash_size,
-                  "jobs": args.jobs, "cache": None if cache is None else str(cache.path)},
+                  "distance": args.distance, "rotations": args.rotations, "jobs": args.jobs,
+                  "cache": None if cache is None else str(cache.path)},
         needles=results,
         verdicts=folder_verdicts(results),
         trees=(haystack_tree, needles_tree),

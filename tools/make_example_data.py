@@ -75,7 +75,7 @@ def write(source: Path, target: Path, transform: str) -> None:
 
 def dhash_of(path: Path) -> int:
     pixels = hash_and_search.decode_image(path.read_bytes())
-    return hash_and_search.fingerprint_pixels(pixels, hash_and_search.DEFAULT_HASH_SIZE)[0]
+    return hash_and_search.fingerprint_pixels(pixels, hash_and_search.DEFAULT_HASH_SIZE).hash
 
 
 def main(photos: Path) -> None:
