@@ -77,7 +77,8 @@ def test_json_holds_the_whole_result(trees) -> None:
     assert document["folders"] == [{"folder": "old", "verdict": "partly in haystack", "images": 3,
                                     "matched": 1, "unmatched": {"missing": 1, "unreadable": 1}}]
     needles_by_path = {n["path"]: n for n in document["needles"]}
-    assert needles_by_path["old/a copy.jpg"]["match"] == {"path": "lib/a.jpg", "distance": 0}
+    assert needles_by_path["old/a copy.jpg"]["match"] == {
+        "path": "lib/a.jpg", "distance": 0, "orientation": "as is", "similarity": None}
     assert re.fullmatch(r"[0-9a-f]{16}", needles_by_path["old/a copy.jpg"]["hash"])
     assert needles_by_path["old/new.jpg"]["status"] == "missing" and needles_by_path["old/new.jpg"]["match"] is None
     assert needles_by_path["old/broken.jpg"]["status"] == "unreadable"

@@ -10,7 +10,7 @@ from conftest import PHOTOS, read_photo
 
 
 def hash_of_grey(grey: np.ndarray, hash_size: int = 8) -> int:
-    return hs.dhash(hs.area_average(grey, hash_size + 1, hash_size))
+    return hs.dhash(hs.area_sums(grey, hash_size + 1, hash_size))
 
 
 def test_brighter_to_the_right_sets_every_bit() -> None:
@@ -85,7 +85,7 @@ def test_blank_frames_are_low_detail(grey: np.ndarray) -> None:
 
 @pytest.mark.parametrize("index", range(len(PHOTOS)))
 def test_photos_are_not_low_detail(index: int) -> None:
-    assert not hs.fingerprint_pixels(read_photo(index), 8)[1]
+    assert not hs.fingerprint_pixels(read_photo(index), 8).low_detail
 
 
 def test_colour_and_grey_pixels_of_a_grey_photo_hash_alike() -> None:

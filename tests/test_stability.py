@@ -11,7 +11,7 @@ from conftest import PHOTOS
 
 
 def file_hash(data: bytes) -> int:
-    return hs.fingerprint_pixels(hs.decode_image(data), hs.DEFAULT_HASH_SIZE)[0]
+    return hs.fingerprint_pixels(hs.decode_image(data), hs.DEFAULT_HASH_SIZE).hash
 
 
 def encode(pixels: np.ndarray, extension: str, *params: int) -> bytes:
