@@ -7,7 +7,9 @@ matches where a checksum of the file would not. Needle folders whose images have
 in the haystack are reported.
 
     python hash_and_search.py --haystack ~/Pictures --needles /media/old-backup
+    python hash_and_search.py -a ~/Pictures -n /media/old-backup --distance 8 --list-missing
 
+Hashes are cached, so a second run over an unchanged library decodes nothing.
 Exit status: 0 every needle image matched, 1 some needle image did not, 2 usage error or
 fatal problem (a folder that does not exist or cannot be read).
 """
@@ -27,7 +29,7 @@ import stat
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -62,7 +64,6 @@ CONFIRM_MIN_SIMILARITY = 0.7
 RECOMMENDED_DISTANCE = 8  # every calibration copy matches from 4 on; 8 leaves room for stronger edits
 
 
-
 # ---------------------------------------------------------------------------------------
 # Find images
 # ---------------------------------------------------------------------------------------
@@ -76,19 +77,11 @@ class ImageFile:
     size: int
     mtime_ns: int
 
-    @property
-    def folder(self) -> str:
-        return posixpath.dirname(self.rel) or "."
-
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:
-    rel: str
+    rel: str  # a folder's ends with '/'
     reason: str
-
-    @property
-    def folder(self) -> str:
-        return posixpath.dirname(self.rel) or "."
 
 
 @dataclass
@@ -250,15 +243,10 @@ def area_sums(grey, width: int, height: int):
     whole_rows = np.stack([
         cv2.reduce(grey[start:stop], 0, cv2.REDUCE_SUM, dtype=cv2.CV_32S)[0] if stop > start
         else np.zeros(grey.shape[1], np.int32)
-        for start, stop in zip(rows[:-1].tolist(), rows[1:].tolist())])
+        for start, stop in itertools.pairwise(rows.tolist())])
     # The rows cut by band edges join in after the columns are shrunk, when they are small.
     return _add_cut_parts(_shrink_columns(whole_rows, cols, col_parts),
                           _shrink_columns(grey[rows], cols, col_parts), row_parts)
-
-
-def area_average(grey, width: int, height: int):
-    """The mean of the pixels under each of width x height cells (see area_sums)."""
-    return area_sums(grey, width, height) / (grey.shape[0] * grey.shape[1])
 
 
 def _cell_edges(pixels: int, cells: int):
@@ -277,6 +265,7 @@ def _add_cut_parts(whole, cut, parts):
 
 
 def _shrink_columns(array, cols, col_parts):
+    """Cell sums (times the cell count) over the columns of each row of array."""
     np = _np()
     whole = np.add.reduceat(array, cols, axis=1, dtype=np.int64)[:, :-1]
     whole[:, cols[1:] == cols[:-1]] = 0  # reduceat gives the cut pixel, not 0, for no whole pixel
@@ -359,7 +348,7 @@ def fingerprint_file(path: str, hash_size: int, known: Mapping[bytes, Fingerprin
             data = file.read()
     except OSError as err:
         return Fingerprint(b"", error=describe_os_error(err)), DECODED
-    digest = hashlib.sha256(data).digest()  # 1.3 ms for a 12-megapixel JPEG, 2% of its decode
+    digest = hashlib.sha256(data).digest()  # about 2 ms for a 12-megapixel JPEG, 3% of its decode
     if digest in known:
         return known[digest], BYTE_COPY
     try:
@@ -646,7 +635,7 @@ class HammingIndex:
         first_time[1:] = (q[1:] != q[:-1]) | (p[1:] != p[:-1])
         q, pairs = q[first_time], list(zip(p[first_time].tolist(), d[first_time].tolist()))
         bounds = np.searchsorted(q, np.arange(len(queries) + 1)).tolist()
-        return [pairs[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        return [pairs[a:b] for a, b in itertools.pairwise(bounds)]
 
     def _substring_count(self, max_distance: int) -> int:
         """The m with the fewest bucket probes plus expected candidates per query, among those
@@ -746,23 +735,22 @@ class NeedleResult:
         return posixpath.dirname(self.rel) or "."
 
 
-def find_matches(haystack: Sequence[Fingerprint], needles: Sequence[Fingerprint], distance: int,
-                 rotations: bool, bits: int) -> dict[int, tuple[int, int, int, float | None]]:
-    """Needle position -> (haystack position, distance, orientation, similarity) of its best
-    match: the nearest, as is before turned. A match above distance 0 counts only when the
-    signatures confirm it. Low-detail images never match: a blank frame matching another
-    says nothing about whether a photo was imported."""
+def find_matches(haystack: Sequence[Fingerprint], haystack_paths: Sequence[str], needles: Sequence[Fingerprint],
+                 distance: int, rotations: bool, bits: int) -> dict[int, Match]:
+    """Needle position -> its best match: the nearest, as is before turned. A match above
+    distance 0 counts only when the signatures confirm it. Low-detail images never match: a
+    blank frame matching another says nothing about whether a photo was imported."""
     usable = [i for i, fp in enumerate(haystack) if fp.hashes and not fp.low_detail]
     orientations = range(len(ORIENTATIONS) if rotations else 1)
     queries = [(n, k) for n, fp in enumerate(needles) if fp.hashes and not fp.low_detail for k in orientations]
-    found: dict[int, tuple[int, int, int, float | None]] = {}
+    found: dict[int, Match] = {}
     if distance == 0:  # a dictionary: no index to build, no numpy to import on a cached run
         first_with: dict[int, int] = {}
         for i in usable:
             first_with.setdefault(haystack[i].hash, i)
         for n, k in queries:
             if n not in found and needles[n].hashes[k] in first_with:
-                found[n] = (first_with[needles[n].hashes[k]], 0, k, None)
+                found[n] = Match(haystack_paths[first_with[needles[n].hashes[k]]], 0, k, None)
         return found
     index = HammingIndex([haystack[i].hash for i in usable], bits)
     for (n, k), candidates in zip(queries, index.search([needles[n].hashes[k] for n, k in queries], distance)):
@@ -771,8 +759,8 @@ def find_matches(haystack: Sequence[Fingerprint], needles: Sequence[Fingerprint]
             similarity = None if bits_apart == 0 else signature_similarity(
                 needles[n].signature, haystack[i].signature, k)
             if similarity is None or similarity >= CONFIRM_MIN_SIMILARITY:
-                if n not in found or (bits_apart, k) < found[n][1:3]:
-                    found[n] = (i, bits_apart, k, similarity)
+                if n not in found or (bits_apart, k) < (found[n].distance, found[n].orientation):
+                    found[n] = Match(haystack_paths[i], bits_apart, k, similarity)
                 break
     return found
 
@@ -780,7 +768,8 @@ def find_matches(haystack: Sequence[Fingerprint], needles: Sequence[Fingerprint]
 def match_needles(needles: Scan, needle_prints: Sequence[Fingerprint], haystack: Scan,
                   haystack_prints: Sequence[Fingerprint], distance: int, rotations: bool,
                   bits: int) -> list[NeedleResult]:
-    matches = find_matches(haystack_prints, needle_prints, distance, rotations, bits)
+    matches = find_matches(haystack_prints, [image.rel for image in haystack.images], needle_prints,
+                           distance, rotations, bits)
     results = [NeedleResult(rel, UNSUPPORTED, reason="format OpenCV cannot read") for rel in needles.unsupported]
     results += [NeedleResult(problem.rel, UNREADABLE, reason=problem.reason) for problem in needles.unreadable]
     for n, (image, fp) in enumerate(zip(needles.images, needle_prints)):
@@ -789,9 +778,7 @@ def match_needles(needles: Scan, needle_prints: Sequence[Fingerprint], haystack:
         elif fp.low_detail:
             results.append(NeedleResult(image.rel, LOW_DETAIL, fp.hash, reason="too little detail to tell"))
         elif n in matches:
-            i, bits_apart, k, similarity = matches[n]
-            match = Match(haystack.images[i].rel, bits_apart, k, similarity)
-            results.append(NeedleResult(image.rel, MATCHED, fp.hash, match))
+            results.append(NeedleResult(image.rel, MATCHED, fp.hash, matches[n]))
         else:
             results.append(NeedleResult(image.rel, MISSING, fp.hash))
     results.sort(key=lambda result: result.rel)

@@ -198,7 +198,8 @@ def main() -> None:
     print("| run | images | seconds | images/s | peak RSS |")
     print("|---|---:|---:|---:|---:|")
     for name, images, seconds, rss in rows:
-        print(f"| {name} | {images} | {seconds:.2f} | {images / seconds:.1f} | {'' if rss is None else f'{rss:.0f} MiB'} |")
+        memory = "" if rss is None else f"{rss:.0f} MiB"
+        print(f"| {name} | {images} | {seconds:.2f} | {images / seconds:.1f} | {memory} |")
     print()
     print(f"cold run / decode floor throughput: {floor / cold:.0%} (target >= 85%)")
     print(f"cold run / article pipeline throughput: {reference / cold:.2f}x (target >= 1.6x)")

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import hash_and_search as hs  # noqa: E402
+import hash_and_search as hs
 
 CLUSTER_SHARE = 0.2  # of the haystack: members of clusters of near-identical hashes
 CLUSTER_SIZE = 20

@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-import hash_and_search  # noqa: E402
+import hash_and_search
 
 REPO = Path(__file__).resolve().parent.parent
 
