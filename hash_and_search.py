@@ -29,7 +29,7 @@ import stat
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Container, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
@@ -304,7 +304,7 @@ def orient(square, k: int):
 class Fingerprint:
     """What hashing one file gave: its hashes and signature, or why there are none."""
 
-    digest: bytes  # of the file's bytes: finds byte-for-byte copies without decoding
+    digest: bytes  # of the file's bytes, when taken (b"" if not): finds byte-for-byte copies
     hashes: tuple[int, ...] = ()  # the dHash of the image in each of the ORIENTATIONS
     low_detail: bool = False
     signature: bytes = b""  # a SIGNATURE_SIZE-square greyscale thumbnail, to confirm near matches
@@ -340,15 +340,19 @@ def block_sums(square, width: int, height: int):
 DECODED, BYTE_COPY, FROM_CACHE = "decoded", "byte-identical", "from cache"
 
 
-def fingerprint_file(path: str, hash_size: int, known: Mapping[bytes, Fingerprint]) -> tuple[Fingerprint, str]:
+def fingerprint_file(path: str, hash_size: int, known: Mapping[bytes, Fingerprint], want_digest: bool,
+                     cached: Fingerprint | None = None) -> tuple[Fingerprint, str]:
     """Read one file and hash it, unless a file with the same bytes is known; say which it did.
-    Never raises for a bad file."""
+    The digest of the bytes is taken only when wanted (another file has the same size); a
+    cached fingerprint that lacks it only gets it. Never raises for a bad file."""
     try:
         with open(path, "rb") as file:
             data = file.read()
     except OSError as err:
         return Fingerprint(b"", error=describe_os_error(err)), DECODED
-    digest = hashlib.sha256(data).digest()  # about 2 ms for a 12-megapixel JPEG, 3% of its decode
+    digest = hashlib.sha256(data).digest() if want_digest else b""  # 2 ms for a 12-megapixel JPEG
+    if cached is not None:
+        return dataclasses.replace(cached, digest=digest), FROM_CACHE
     if digest in known:
         return known[digest], BYTE_COPY
     try:
@@ -380,6 +384,20 @@ def default_cache_path() -> Path:
     return Path(user_cache_dir("hash_and_search", appauthor=False)) / CACHE_FILE_NAME
 
 
+def _while_busy(statement: Callable[[], object]) -> None:
+    """Run a statement, again while another connection holds the lock it needs. Switching a
+    new file to WAL fails at once in that case: SQLite's busy timeout does not wait for it."""
+    deadline = time.monotonic() + CACHE_LOCK_TIMEOUT_S
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as err:
+            if getattr(err, "sqlite_errorname", None) != "SQLITE_BUSY" or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
 class HashCache:
     """Fingerprints of files hashed before, valid while a file keeps its path, size and mtime.
 
@@ -402,23 +420,26 @@ class HashCache:
 
     def _connect(self) -> sqlite3.Connection:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, timeout=CACHE_LOCK_TIMEOUT_S)
+        # IMMEDIATE: a write transaction takes the write lock before it reads, waiting for
+        # another run's write; a read first would fail at once if that run wrote meanwhile.
+        db = sqlite3.connect(self.path, timeout=CACHE_LOCK_TIMEOUT_S, isolation_level="IMMEDIATE")
         try:
             # WAL: readers never wait for a writer, so two runs can share the file; with
             # synchronous=NORMAL a crash may lose the last commits but never the file.
-            db.execute("PRAGMA journal_mode=WAL")
+            _while_busy(lambda: db.execute("PRAGMA journal_mode=WAL"))
             db.execute("PRAGMA synchronous=NORMAL")
             if db.execute("PRAGMA user_version").fetchone()[0] != CACHE_SCHEMA_VERSION:
-                db.executescript(f"""
-                    BEGIN IMMEDIATE;
-                    DROP TABLE IF EXISTS fingerprints;
-                    CREATE TABLE fingerprints (
-                        path BLOB NOT NULL, hash_size INTEGER NOT NULL, algorithm INTEGER NOT NULL,
-                        size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, digest BLOB NOT NULL,
-                        hashes TEXT, low_detail INTEGER NOT NULL, signature BLOB NOT NULL, error TEXT,
-                        PRIMARY KEY (path, hash_size)) WITHOUT ROWID;
-                    PRAGMA user_version = {CACHE_SCHEMA_VERSION};
-                    COMMIT;""")
+                db.execute("BEGIN IMMEDIATE")
+                if db.execute("PRAGMA user_version").fetchone()[0] != CACHE_SCHEMA_VERSION:  # still, now locked
+                    db.execute("DROP TABLE IF EXISTS fingerprints")
+                    db.execute("""
+                        CREATE TABLE fingerprints (
+                            path BLOB NOT NULL, hash_size INTEGER NOT NULL, algorithm INTEGER NOT NULL,
+                            size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, digest BLOB NOT NULL,
+                            hashes TEXT, low_detail INTEGER NOT NULL, signature BLOB NOT NULL, error TEXT,
+                            PRIMARY KEY (path, hash_size)) WITHOUT ROWID""")
+                    db.execute(f"PRAGMA user_version = {CACHE_SCHEMA_VERSION}")
+                db.commit()
         except BaseException:
             db.close()
             raise
@@ -463,7 +484,7 @@ class HashCache:
                            bool(low_detail), signature, error)
 
     def store(self, image: ImageFile, fp: Fingerprint) -> None:
-        if self.db is None or not fp.digest:  # a file that could not be read: try again next time
+        if self.db is None or not (fp.hashes or fp.digest):  # could not be read: try again next time
             return
         hashes = " ".join(format_hash(h, self.hash_size) for h in fp.hashes) or None
         self.pending.append((self._key(image), self.hash_size, ALGORITHM_VERSION, image.size, image.mtime_ns,
@@ -513,19 +534,28 @@ def fingerprint_all(
     hash_size: int,
     jobs: int,
     cache: HashCache | None = None,
+    digest_sizes: Container[int] = frozenset(),
     known: Mapping[bytes, Fingerprint] = {},
     on_done: Callable[[int], None] = lambda n: None,
 ) -> tuple[list[Fingerprint], Counter[str]]:
     """Fingerprints of the images, in order, and how many came from the cache, from a byte
-    copy, or from decoding. Decodes on `jobs` threads: OpenCV releases the GIL meanwhile."""
-    prints: list[Fingerprint | None] = [cache.lookup(image) if cache else None for image in images]
-    sources = Counter({FROM_CACHE: sum(fp is not None for fp in prints)})
+    copy, or from decoding. Files of a size in digest_sizes get the digest of their bytes.
+    Decodes on `jobs` threads: OpenCV releases the GIL meanwhile."""
+    prints: list[Fingerprint | None] = []
+    todo: list[tuple[int, Fingerprint | None]] = []  # and what the cache has of it, lacking the digest
+    for i, image in enumerate(images):
+        hit = cache.lookup(image) if cache else None
+        complete = hit is not None and (hit.digest or image.size not in digest_sizes or hit.error is not None)
+        prints.append(hit if complete else None)
+        if not complete:
+            todo.append((i, hit))
+    sources = Counter({FROM_CACHE: len(images) - len(todo)})
     on_done(sources[FROM_CACHE])
-    todo = [i for i, fp in enumerate(prints) if fp is None]
     executor = ThreadPoolExecutor(max_workers=jobs)
     try:
-        work = executor.map(lambda i: fingerprint_file(images[i].path, hash_size, known), todo)
-        for i, (fp, source) in zip(todo, work):
+        work = executor.map(lambda item: fingerprint_file(
+            images[item[0]].path, hash_size, known, images[item[0]].size in digest_sizes, item[1]), todo)
+        for (i, _), (fp, source) in zip(todo, work):
             prints[i] = fp
             sources[source] += 1
             if cache:
@@ -1048,20 +1078,25 @@ class _NoBar:
         pass
 
 
-def scan_and_fingerprint(
-    root: Path, name: str, args: argparse.Namespace, cache: HashCache | None, progress: Progress,
-    known: Mapping[bytes, Fingerprint] = {},
-) -> tuple[Scan, list[Fingerprint], TreeSummary]:
+def find_tree(root: Path, name: str, progress: Progress) -> tuple[Scan, float]:
     started = time.perf_counter()
     with progress.bar(f"finding {name}", unit="file") as bar:
         scan = find_images(root, on_found=bar.update)
+    return scan, time.perf_counter() - started
+
+
+def fingerprint_tree(scan: Scan, name: str, seconds: float, args: argparse.Namespace, cache: HashCache | None,
+                     progress: Progress, digest_sizes: Container[int],
+                     known: Mapping[bytes, Fingerprint] = {}) -> tuple[list[Fingerprint], TreeSummary]:
+    started = time.perf_counter()
     with progress.bar(f"hashing {name}", total=len(scan.images)) as bar:
-        prints, sources = fingerprint_all(scan.images, args.hash_size, args.jobs, cache, known, bar.update)
+        prints, sources = fingerprint_all(scan.images, args.hash_size, args.jobs, cache, digest_sizes, known,
+                                          bar.update)
     failed = [Unreadable(image.rel, fp.error) for image, fp in zip(scan.images, prints) if fp.error is not None]
     unreadable = sorted(scan.unreadable + failed, key=lambda problem: problem.rel)
     summary = TreeSummary(name, len(scan.images) - len(failed), unreadable, len(scan.unsupported),
-                          sources, time.perf_counter() - started)
-    return scan, prints, summary
+                          sources, seconds + time.perf_counter() - started)
+    return prints, summary
 
 
 def run(args: argparse.Namespace) -> RunResult:
@@ -1069,13 +1104,19 @@ def run(args: argparse.Namespace) -> RunResult:
     check_folder(args.needles, "--needles")
     started = time.perf_counter()
     progress = Progress(enabled=not args.quiet and sys.stderr.isatty())
+    haystack, haystack_seconds = find_tree(args.haystack, "haystack", progress)
+    needles, needles_seconds = find_tree(args.needles, "needles", progress)
+    # Size first, as fclones does: only a file whose size occurs in the other tree can be a
+    # byte copy, so only such files get the digest of their bytes.
+    haystack_sizes = {image.size for image in haystack.images}
+    needle_sizes = {image.size for image in needles.images}
     cache = open_cache(args)
     try:
-        haystack, haystack_prints, haystack_tree = scan_and_fingerprint(
-            args.haystack, "haystack", args, cache, progress)
+        haystack_prints, haystack_tree = fingerprint_tree(
+            haystack, "haystack", haystack_seconds, args, cache, progress, needle_sizes)
         known = {fp.digest: fp for fp in haystack_prints if fp.digest}
-        needles, needle_prints, needles_tree = scan_and_fingerprint(
-            args.needles, "needles", args, cache, progress, known)
+        needle_prints, needles_tree = fingerprint_tree(
+            needles, "needles", needles_seconds, args, cache, progress, haystack_sizes, known)
         if cache and args.prune_cache:
             print(f"cache: forgot {_count(cache.prune(), 'record')} of files that are gone", file=sys.stderr)
     finally:

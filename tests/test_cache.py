@@ -199,3 +199,19 @@ def test_prune_forgets_files_that_are_gone(trees, tmp_path) -> None:
     completed = run_tool("-a", trees[0], "-n", trees[1], "--cache", cache, "--prune-cache")
     assert "forgot 1 record" in completed.stderr
     assert cached_rows(cache) == 2 + 4
+
+
+def test_digests_are_taken_only_when_sizes_meet_and_added_to_cached_records(trees, tmp_path) -> None:
+    haystack, needles = trees
+    for i in range(3):
+        copy_photo(i, haystack / f"{i}.jpg")
+    cache = tmp_path / "c.sqlite3"
+    run_json(trees, "--cache", cache)  # no needles: no size meets, no digest is taken
+    with sqlite3.connect(cache) as db:
+        assert db.execute("SELECT count(*) FROM fingerprints WHERE digest != x''").fetchone()[0] == 0
+    for i in range(3):
+        copy_photo(i, needles / "copies" / f"{i}.jpg")
+    document = run_json(trees, "--cache", cache)
+    assert document["trees"]["haystack"] == {**document["trees"]["haystack"], "from_cache": 3, "decoded": 0}
+    assert document["trees"]["needles"] == {**document["trees"]["needles"], "byte_identical": 3, "decoded": 0}
+    assert {n["status"] for n in document["needles"]} == {"matched"}
