@@ -174,6 +174,24 @@ def test_killed_run_leaves_a_usable_cache(trees, tmp_path) -> None:
     assert document["trees"]["haystack"]["hashed"] == 300
 
 
+def test_interrupted_run_exits_130_and_keeps_what_it_hashed(trees, tmp_path) -> None:
+    many_images(trees[0], 300)
+    cache = tmp_path / "c.sqlite3"
+    process = subprocess.Popen([sys.executable, str(SCRIPT), "-a", trees[0], "-n", trees[1], "--cache", cache,
+                                "--jobs", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while cached_rows(cache) == 0 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # Ctrl-C
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "hash_and_search: interrupted" and "Traceback" not in stderr
+    assert stdout == ""
+    saved = cached_rows(cache)
+    assert 0 < saved < 300, "the run was not interrupted half-way"
+    assert run_json(trees, "--cache", cache)["trees"]["haystack"]["from_cache"] == saved
+
+
 def test_two_runs_at_once_share_the_cache(trees, tmp_path) -> None:
     many_images(trees[0], 120)
     copy_photo(1, trees[1] / "x.jpg")
