@@ -337,7 +337,8 @@ def block_sums(square, width: int, height: int):
     return square.reshape(height, side // height, width, side // width).sum(axis=(1, 3))
 
 
-DECODED, BYTE_COPY, FROM_CACHE = "decoded", "byte-identical", "from cache"
+# Where a fingerprint came from. A file that could not be read is tried again next run.
+DECODED, BYTE_COPY, FROM_CACHE, NOT_READ = "decoded", "byte-identical", "from cache", "not read"
 
 
 def fingerprint_file(path: str, hash_size: int, known: Mapping[bytes, Fingerprint], want_digest: bool,
@@ -349,7 +350,7 @@ def fingerprint_file(path: str, hash_size: int, known: Mapping[bytes, Fingerprin
         with open(path, "rb") as file:
             data = file.read()
     except OSError as err:
-        return Fingerprint(b"", error=describe_os_error(err)), DECODED
+        return Fingerprint(b"", error=describe_os_error(err)), NOT_READ
     digest = hashlib.sha256(data).digest() if want_digest else b""  # 2 ms for a 12-megapixel JPEG
     if cached is not None:
         return dataclasses.replace(cached, digest=digest), FROM_CACHE
@@ -484,7 +485,7 @@ class HashCache:
                            bool(low_detail), signature, error)
 
     def store(self, image: ImageFile, fp: Fingerprint) -> None:
-        if self.db is None or not (fp.hashes or fp.digest):  # could not be read: try again next time
+        if self.db is None:
             return
         hashes = " ".join(format_hash(h, self.hash_size) for h in fp.hashes) or None
         self.pending.append((self._key(image), self.hash_size, ALGORITHM_VERSION, image.size, image.mtime_ns,
@@ -558,7 +559,7 @@ def fingerprint_all(
         for (i, _), (fp, source) in zip(todo, work):
             prints[i] = fp
             sources[source] += 1
-            if cache:
+            if cache and source != NOT_READ:
                 cache.store(images[i], fp)
             on_done(1)
     finally:
@@ -937,7 +938,7 @@ class TreeSummary:
     def as_json(self) -> dict[str, object]:
         return {"hashed": self.hashed, "unreadable": len(self.unreadable), "unsupported": self.unsupported,
                 **{json_key(source): self.sources.get(source, 0)
-                   for source in (FROM_CACHE, BYTE_COPY, DECODED)},
+                   for source in (FROM_CACHE, BYTE_COPY, DECODED, NOT_READ)},
                 "seconds": round(self.seconds, 3)}
 
 
