@@ -11,12 +11,29 @@ in the haystack are reported.
 
 Hashes are cached, so a second run over an unchanged library decodes nothing.
 Exit status: 0 every needle image matched, 1 some needle image did not, 2 usage error or
-fatal problem (a folder that does not exist or cannot be read).
+fatal problem (a folder that does not exist or cannot be read), 130 interrupted.
+
+The pipeline, one section of this file each, top to bottom:
+
+    find      find_images(root) -> Scan: the image files under a folder, and what could not be read
+    decode    decode_image(bytes) -> pixels
+    hash      fingerprint_pixels(pixels) -> Fingerprint: dHash in 8 orientations, a signature
+    cache     HashCache: fingerprints by path, size and mtime, in SQLite
+    (all)     fingerprint_tree(scan) -> Tree: every file hashed on a thread pool, through the cache
+    index     HammingIndex: the hashes within a distance of a query, without a full scan
+    match     match_needles(haystack, needles) -> NeedleResult per needle; folder_verdicts
+    report    render_text(result), render_json(result)
+    run       run(haystack, needles, Settings()) -> RunResult: the whole pipeline, no printing
+    command   main(): arguments in, report and exit status out
+
+Library use: `run`, `Settings`, `RunResult` and the renderers are the stable surface
+(`__all__`); everything else may change between versions.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import functools
 import hashlib
 import itertools
@@ -31,14 +48,22 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
+from typing import Protocol
 
-__version__ = "1.0.0"
+__version__ = "1.1.0"
+__all__ = [
+    "run", "Settings", "RunResult", "Tree", "NeedleResult", "Match", "FolderVerdict", "Fingerprint",
+    "NeedleStatus", "Verdict", "Source", "render_text", "render_json", "find_images", "fingerprint_pixels",
+    "HammingIndex", "brute_force_search", "HashCache", "FatalError", "main",
+]
 
 DEFAULT_HASH_SIZE = 8
 HASH_SIZE_RANGE = range(2, 33)
 EXIT_ALL_MATCHED, EXIT_SOME_UNMATCHED, EXIT_FATAL = 0, 1, 2
+EXIT_INTERRUPTED = 128 + 2  # as a shell reports a process ended by SIGINT
 
 # Matched case-insensitively. OpenCV picks the decoder from the file's content, so the
 # extension only decides which files are looked at.
@@ -64,6 +89,17 @@ CONFIRM_MIN_SIMILARITY = 0.7
 RECOMMENDED_DISTANCE = 8  # every calibration copy matches from 4 on; 8 leaves room for stronger edits
 
 
+class Status(enum.StrEnum):
+    """A status whose value is what the JSON shows and whose label is what the text report says."""
+
+    label: str
+
+    def __new__(cls, value: str, label: str) -> Status:
+        member = str.__new__(cls, value)
+        member._value_, member.label = value, label
+        return member
+
+
 # ---------------------------------------------------------------------------------------
 # Find images
 # ---------------------------------------------------------------------------------------
@@ -80,18 +116,19 @@ class ImageFile:
 
 @dataclass(frozen=True, slots=True)
 class Unreadable:
+    """A file or folder that could not be checked, and why."""
+
     rel: str  # a folder's ends with '/'
     reason: str
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class Scan:
-    """Everything found under one root folder."""
+    """Everything found under one root folder, each list sorted by relative path."""
 
-    root: Path
-    images: list[ImageFile] = field(default_factory=list)
-    unsupported: list[str] = field(default_factory=list)
-    unreadable: list[Unreadable] = field(default_factory=list)
+    images: tuple[ImageFile, ...]
+    unsupported: tuple[str, ...]  # relative paths of photos in a format that cannot be decoded
+    unreadable: tuple[Unreadable, ...]
 
 
 def describe_os_error(err: OSError) -> str:
@@ -108,14 +145,15 @@ def image_kind(name: str) -> str | None:
     return None
 
 
-def find_images(root: Path, on_found: Callable[[], None] = lambda: None) -> Scan:
+def find_images(root: Path, on_found: Callable[[int], None] = lambda n: None) -> Scan:
     """Walk root recursively, following symlinks to folders but never into the same folder twice."""
-    scan = Scan(root)
+    images: list[ImageFile] = []
+    unsupported: list[str] = []
+    unreadable: list[Unreadable] = []
     visited: set[tuple[int, int]] = set()
     pending = [str(root)]
     while pending:
         folder = pending.pop()
-        folder_rel = relative_path(folder, root)
         try:
             info = os.stat(folder)
             if (info.st_dev, info.st_ino) in visited:
@@ -124,7 +162,7 @@ def find_images(root: Path, on_found: Callable[[], None] = lambda: None) -> Scan
             with os.scandir(folder) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as err:
-            scan.unreadable.append(Unreadable(folder_rel + "/", f"folder: {describe_os_error(err)}"))
+            unreadable.append(Unreadable(relative_path(folder, root) + "/", f"folder: {describe_os_error(err)}"))
             continue
         subfolders = []
         for entry in entries:
@@ -139,20 +177,18 @@ def find_images(root: Path, on_found: Callable[[], None] = lambda: None) -> Scan
                 info = entry.stat()
             except OSError as err:
                 reason = "broken symbolic link" if entry.is_symlink() else describe_os_error(err)
-                scan.unreadable.append(Unreadable(rel, reason))
+                unreadable.append(Unreadable(rel, reason))
                 continue
             if not stat.S_ISREG(info.st_mode):
-                scan.unreadable.append(Unreadable(rel, "not a regular file"))
+                unreadable.append(Unreadable(rel, "not a regular file"))
             elif kind == "unsupported":
-                scan.unsupported.append(rel)
+                unsupported.append(rel)
             else:
-                scan.images.append(ImageFile(entry.path, rel, info.st_size, info.st_mtime_ns))
-                on_found()
+                images.append(ImageFile(entry.path, rel, info.st_size, info.st_mtime_ns))
+                on_found(1)
         pending.extend(reversed(subfolders))
-    scan.images.sort(key=lambda image: image.rel)
-    scan.unsupported.sort()
-    scan.unreadable.sort(key=lambda problem: problem.rel)
-    return scan
+    return Scan(tuple(sorted(images, key=lambda image: image.rel)), tuple(sorted(unsupported)),
+                tuple(sorted(unreadable, key=lambda problem: problem.rel)))
 
 
 def _is_folder(entry: os.DirEntry[str]) -> bool:
@@ -308,7 +344,7 @@ class Fingerprint:
     hashes: tuple[int, ...] = ()  # the dHash of the image in each of the ORIENTATIONS
     low_detail: bool = False
     signature: bytes = b""  # a SIGNATURE_SIZE-square greyscale thumbnail, to confirm near matches
-    error: str | None = None
+    reason: str | None = None  # why the file could not be hashed
 
     @property
     def hash(self) -> int | None:
@@ -337,32 +373,38 @@ def block_sums(square, width: int, height: int):
     return square.reshape(height, side // height, width, side // width).sum(axis=(1, 3))
 
 
-# Where a fingerprint came from. A file that could not be read is tried again next run.
-DECODED, BYTE_COPY, FROM_CACHE, NOT_READ = "decoded", "byte-identical", "from cache", "not read"
+class Source(Status):
+    """Where a fingerprint came from. A file that could not be read is tried again next run."""
+
+    FROM_CACHE = "from_cache", "from cache"
+    BYTE_COPY = "byte_identical", "byte-identical"
+    DECODED = "decoded", "decoded"
+    NOT_READ = "not_read", "not read"
 
 
-def fingerprint_file(path: str, hash_size: int, known: Mapping[bytes, Fingerprint], want_digest: bool,
-                     cached: Fingerprint | None = None) -> tuple[Fingerprint, str]:
-    """Read one file and hash it, unless a file with the same bytes is known; say which it did.
-    The digest of the bytes is taken only when wanted (another file has the same size); a
-    cached fingerprint that lacks it only gets it. Never raises for a bad file."""
+def fingerprint_file(path: str, hash_size: int, haystack_by_digest: Mapping[bytes, Fingerprint],
+                     want_digest: bool, cached: Fingerprint | None = None) -> tuple[Fingerprint, Source]:
+    """Read one file and hash it, unless a haystack file with the same bytes is known; say
+    which it did. The digest of the bytes is taken only when wanted (a file of the other
+    tree has the same size); a cached fingerprint that lacks it only gets it. Never raises
+    for a bad file."""
     try:
         with open(path, "rb") as file:
             data = file.read()
     except OSError as err:
-        return Fingerprint(b"", error=describe_os_error(err)), NOT_READ
+        return Fingerprint(b"", reason=describe_os_error(err)), Source.NOT_READ
     digest = hashlib.sha256(data).digest() if want_digest else b""  # 2 ms for a 12-megapixel JPEG
     if cached is not None:
-        return dataclasses.replace(cached, digest=digest), FROM_CACHE
-    if digest in known:
-        return known[digest], BYTE_COPY
+        return dataclasses.replace(cached, digest=digest), Source.FROM_CACHE
+    if digest in haystack_by_digest:
+        return haystack_by_digest[digest], Source.BYTE_COPY
     try:
-        fp = fingerprint_pixels(decode_image(data), hash_size)
+        fingerprint = fingerprint_pixels(decode_image(data), hash_size)
     except UnreadableImage as err:
-        return Fingerprint(digest, error=str(err)), DECODED
+        return Fingerprint(digest, reason=str(err)), Source.DECODED
     except Exception as err:  # one strange file must not end a run over thousands
-        return Fingerprint(digest, error=f"unexpected error while hashing: {err!r}"), DECODED
-    return dataclasses.replace(fp, digest=digest), DECODED
+        return Fingerprint(digest, reason=f"unexpected error while hashing: {err!r}"), Source.DECODED
+    return dataclasses.replace(fingerprint, digest=digest), Source.DECODED
 
 
 # ---------------------------------------------------------------------------------------
@@ -371,7 +413,7 @@ def fingerprint_file(path: str, hash_size: int, known: Mapping[bytes, Fingerprin
 
 # Bump when a change to decoding or hashing changes any value: older records are then ignored.
 ALGORITHM_VERSION = 1
-CACHE_SCHEMA_VERSION = 1
+CACHE_SCHEMA_VERSION = 2  # 2: the column "error" became "reason"
 CACHE_BATCH = 64  # records per transaction: the most that Ctrl-C or kill -9 can lose
 CACHE_LOCK_TIMEOUT_S = 30.0  # how long to wait for another run's write to finish
 CACHE_FILE_NAME = "fingerprints.sqlite3"
@@ -437,7 +479,7 @@ class HashCache:
                         CREATE TABLE fingerprints (
                             path BLOB NOT NULL, hash_size INTEGER NOT NULL, algorithm INTEGER NOT NULL,
                             size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, digest BLOB NOT NULL,
-                            hashes TEXT, low_detail INTEGER NOT NULL, signature BLOB NOT NULL, error TEXT,
+                            hashes TEXT, low_detail INTEGER NOT NULL, signature BLOB NOT NULL, reason TEXT,
                             PRIMARY KEY (path, hash_size)) WITHOUT ROWID""")
                     db.execute(f"PRAGMA user_version = {CACHE_SCHEMA_VERSION}")
                 db.commit()
@@ -473,23 +515,24 @@ class HashCache:
             return None
         try:
             row = self.db.execute(
-                "SELECT size, mtime_ns, algorithm, digest, hashes, low_detail, signature, error FROM fingerprints"
+                "SELECT size, mtime_ns, algorithm, digest, hashes, low_detail, signature, reason FROM fingerprints"
                 " WHERE path = ? AND hash_size = ?", (self._key(image), self.hash_size)).fetchone()
         except sqlite3.Error as err:
             self._give_up(err)
             return None
         if row is None or tuple(row[:3]) != (image.size, image.mtime_ns, ALGORITHM_VERSION):
             return None
-        digest, hashes, low_detail, signature, error = row[3:]
+        digest, hashes, low_detail, signature, reason = row[3:]
         return Fingerprint(digest, tuple(int(h, 16) for h in hashes.split()) if hashes else (),
-                           bool(low_detail), signature, error)
+                           bool(low_detail), signature, reason)
 
-    def store(self, image: ImageFile, fp: Fingerprint) -> None:
+    def store(self, image: ImageFile, fingerprint: Fingerprint) -> None:
         if self.db is None:
             return
-        hashes = " ".join(format_hash(h, self.hash_size) for h in fp.hashes) or None
+        hashes = " ".join(format_hash(h, self.hash_size) for h in fingerprint.hashes) or None
         self.pending.append((self._key(image), self.hash_size, ALGORITHM_VERSION, image.size, image.mtime_ns,
-                             fp.digest, hashes, fp.low_detail, fp.signature, fp.error))
+                             fingerprint.digest, hashes, fingerprint.low_detail, fingerprint.signature,
+                             fingerprint.reason))
         if len(self.pending) >= CACHE_BATCH:
             self.flush()
 
@@ -530,44 +573,85 @@ class HashCache:
 # Hash every file: in parallel, cached
 # ---------------------------------------------------------------------------------------
 
+class Bar(Protocol):
+    def update(self, n: int = 1, /) -> object: ...
+
+
+# Progress reaches run() as a callable, as fclones passes its log: progress(description, total,
+# unit) gives a context manager whose update(n) says n more are done. The default shows nothing.
+Progress = Callable[[str, "int | None", str], AbstractContextManager[Bar]]
+
+
+class _SilentBar:
+    def update(self, n: int = 1, /) -> None:
+        pass
+
+
+def no_progress(description: str, total: int | None, unit: str) -> AbstractContextManager[Bar]:
+    return nullcontext(_SilentBar())
+
+
 def fingerprint_all(
     images: Sequence[ImageFile],
     hash_size: int,
     jobs: int,
     cache: HashCache | None = None,
-    digest_sizes: Container[int] = frozenset(),
-    known: Mapping[bytes, Fingerprint] = {},
-    on_done: Callable[[int], None] = lambda n: None,
-) -> tuple[list[Fingerprint], Counter[str]]:
-    """Fingerprints of the images, in order, and how many came from the cache, from a byte
-    copy, or from decoding. Files of a size in digest_sizes get the digest of their bytes.
-    Decodes on `jobs` threads: OpenCV releases the GIL meanwhile."""
-    prints: list[Fingerprint | None] = []
+    sizes_to_digest: Container[int] = frozenset(),
+    haystack_by_digest: Mapping[bytes, Fingerprint] = {},
+    on_done: Callable[[int], object] = lambda n: None,
+) -> tuple[tuple[Fingerprint, ...], Counter[Source]]:
+    """Fingerprints of the images, in order, and how many came from each Source. Files of a
+    size in sizes_to_digest get the digest of their bytes. Decodes on `jobs` threads: OpenCV
+    releases the GIL meanwhile."""
+    fingerprints: list[Fingerprint | None] = []
     todo: list[tuple[int, Fingerprint | None]] = []  # and what the cache has of it, lacking the digest
     for i, image in enumerate(images):
         hit = cache.lookup(image) if cache else None
-        complete = hit is not None and (hit.digest or image.size not in digest_sizes or hit.error is not None)
-        prints.append(hit if complete else None)
+        complete = hit is not None and (hit.digest or image.size not in sizes_to_digest or hit.reason is not None)
+        fingerprints.append(hit if complete else None)
         if not complete:
             todo.append((i, hit))
-    sources = Counter({FROM_CACHE: len(images) - len(todo)})
-    on_done(sources[FROM_CACHE])
+    sources = Counter({Source.FROM_CACHE: len(images) - len(todo)})
+    on_done(sources[Source.FROM_CACHE])
     executor = ThreadPoolExecutor(max_workers=jobs)
     try:
         work = executor.map(lambda item: fingerprint_file(
-            images[item[0]].path, hash_size, known, images[item[0]].size in digest_sizes, item[1]), todo)
-        for (i, _), (fp, source) in zip(todo, work):
-            prints[i] = fp
+            images[item[0]].path, hash_size, haystack_by_digest, images[item[0]].size in sizes_to_digest, item[1]),
+            todo)
+        for (i, _), (fingerprint, source) in zip(todo, work):
+            fingerprints[i] = fingerprint
             sources[source] += 1
-            if cache and source != NOT_READ:
-                cache.store(images[i], fp)
+            if cache and source != Source.NOT_READ:
+                cache.store(images[i], fingerprint)
             on_done(1)
     finally:
         # On Ctrl-C, drop the queued files instead of waiting for them, and keep what is done.
         executor.shutdown(wait=True, cancel_futures=True)
         if cache:
             cache.flush()
-    return prints, sources
+    return tuple(fingerprints), sources
+
+
+@dataclass(frozen=True, slots=True)
+class Tree:
+    """One folder tree found and hashed: the haystack or the needles."""
+
+    name: str
+    scan: Scan
+    fingerprints: tuple[Fingerprint, ...]  # one for each of scan.images, in order
+    sources: Mapping[Source, int]  # how many fingerprints came from where
+    seconds: float  # finding and hashing
+
+    @property
+    def hashed(self) -> int:
+        return sum(fingerprint.reason is None for fingerprint in self.fingerprints)
+
+    @property
+    def unreadable(self) -> list[Unreadable]:
+        """What the walk could not read and the files that could not be hashed."""
+        failed = [Unreadable(image.rel, fingerprint.reason)
+                  for image, fingerprint in zip(self.scan.images, self.fingerprints) if fingerprint.reason is not None]
+        return sorted([*self.scan.unreadable, *failed], key=lambda problem: problem.rel)
 
 
 # ---------------------------------------------------------------------------------------
@@ -741,8 +825,12 @@ def signature_similarity(needle: bytes, haystack: bytes, orientation: int = 0) -
     return float(x @ y) / norm if norm else 0.0
 
 
-MATCHED, MISSING, LOW_DETAIL, UNREADABLE, UNSUPPORTED = (
-    "matched", "missing", "low detail", "unreadable", "unsupported")
+class NeedleStatus(Status):
+    MATCHED = "matched", "matched"
+    MISSING = "missing", "missing"
+    LOW_DETAIL = "low_detail", "low detail"
+    UNREADABLE = "unreadable", "unreadable"
+    UNSUPPORTED = "unsupported", "unsupported"
 
 
 @dataclass(frozen=True, slots=True)
@@ -756,7 +844,7 @@ class Match:
 @dataclass(frozen=True, slots=True)
 class NeedleResult:
     rel: str
-    status: str
+    status: NeedleStatus
     hash: int | None = None
     match: Match | None = None
     reason: str | None = None
@@ -766,61 +854,64 @@ class NeedleResult:
         return posixpath.dirname(self.rel) or "."
 
 
-def find_matches(haystack: Sequence[Fingerprint], haystack_paths: Sequence[str], needles: Sequence[Fingerprint],
-                 distance: int, rotations: bool, bits: int) -> dict[int, Match]:
-    """Needle position -> its best match: the nearest, as is before turned. A match above
-    distance 0 counts only when the signatures confirm it. Low-detail images never match: a
-    blank frame matching another says nothing about whether a photo was imported."""
-    usable = [i for i, fp in enumerate(haystack) if fp.hashes and not fp.low_detail]
-    orientations = range(len(ORIENTATIONS) if rotations else 1)
-    queries = [(n, k) for n, fp in enumerate(needles) if fp.hashes and not fp.low_detail for k in orientations]
+def find_matches(haystack: Tree, needles: Tree, settings: Settings) -> dict[int, Match]:
+    """Needle position -> its best match in the haystack: the nearest, as is before turned. A
+    match above distance 0 counts only when the signatures confirm it. Low-detail images never
+    match: a blank frame matching another says nothing about whether a photo was imported."""
+    hay, needle_prints = haystack.fingerprints, needles.fingerprints
+    usable = [i for i, fingerprint in enumerate(hay) if fingerprint.hashes and not fingerprint.low_detail]
+    orientations = range(len(ORIENTATIONS) if settings.rotations else 1)
+    queries = [(n, k) for n, fingerprint in enumerate(needle_prints)
+               if fingerprint.hashes and not fingerprint.low_detail for k in orientations]
     found: dict[int, Match] = {}
-    if distance == 0:  # a dictionary: no index to build, no numpy to import on a cached run
+    if settings.distance == 0:  # a dictionary: no index to build, no numpy to import on a cached run
         first_with: dict[int, int] = {}
         for i in usable:
-            first_with.setdefault(haystack[i].hash, i)
+            first_with.setdefault(hay[i].hash, i)
         for n, k in queries:
-            if n not in found and needles[n].hashes[k] in first_with:
-                found[n] = Match(haystack_paths[first_with[needles[n].hashes[k]]], 0, k, None)
+            if n not in found and needle_prints[n].hashes[k] in first_with:
+                found[n] = Match(haystack.scan.images[first_with[needle_prints[n].hashes[k]]].rel, 0, k, None)
         return found
-    index = HammingIndex([haystack[i].hash for i in usable], bits)
-    for (n, k), candidates in zip(queries, index.search([needles[n].hashes[k] for n, k in queries], distance)):
+    index = HammingIndex([hay[i].hash for i in usable], settings.hash_size ** 2)
+    searched = index.search([needle_prints[n].hashes[k] for n, k in queries], settings.distance)
+    for (n, k), candidates in zip(queries, searched):
         for position, bits_apart in candidates:  # nearest first
             i = usable[position]
             similarity = None if bits_apart == 0 else signature_similarity(
-                needles[n].signature, haystack[i].signature, k)
+                needle_prints[n].signature, hay[i].signature, k)
             if similarity is None or similarity >= CONFIRM_MIN_SIMILARITY:
                 if n not in found or (bits_apart, k) < (found[n].distance, found[n].orientation):
-                    found[n] = Match(haystack_paths[i], bits_apart, k, similarity)
+                    found[n] = Match(haystack.scan.images[i].rel, bits_apart, k, similarity)
                 break
     return found
 
 
-def match_needles(needles: Scan, needle_prints: Sequence[Fingerprint], haystack: Scan,
-                  haystack_prints: Sequence[Fingerprint], distance: int, rotations: bool,
-                  bits: int) -> list[NeedleResult]:
-    matches = find_matches(haystack_prints, [image.rel for image in haystack.images], needle_prints,
-                           distance, rotations, bits)
-    results = [NeedleResult(rel, UNSUPPORTED, reason="format OpenCV cannot read") for rel in needles.unsupported]
-    results += [NeedleResult(problem.rel, UNREADABLE, reason=problem.reason) for problem in needles.unreadable]
-    for n, (image, fp) in enumerate(zip(needles.images, needle_prints)):
-        if fp.error is not None:
-            results.append(NeedleResult(image.rel, UNREADABLE, reason=fp.error))
-        elif fp.low_detail:
-            results.append(NeedleResult(image.rel, LOW_DETAIL, fp.hash, reason="too little detail to tell"))
+def match_needles(haystack: Tree, needles: Tree, settings: Settings) -> list[NeedleResult]:
+    """Every needle file with its status, sorted by path: matched, missing, or why it could
+    not be compared."""
+    matches = find_matches(haystack, needles, settings)
+    results = [NeedleResult(rel, NeedleStatus.UNSUPPORTED, reason="format OpenCV cannot read")
+               for rel in needles.scan.unsupported]
+    results += [NeedleResult(problem.rel, NeedleStatus.UNREADABLE, reason=problem.reason)
+                for problem in needles.scan.unreadable]
+    for n, (image, fingerprint) in enumerate(zip(needles.scan.images, needles.fingerprints)):
+        if fingerprint.reason is not None:
+            results.append(NeedleResult(image.rel, NeedleStatus.UNREADABLE, reason=fingerprint.reason))
+        elif fingerprint.low_detail:
+            results.append(NeedleResult(image.rel, NeedleStatus.LOW_DETAIL, fingerprint.hash,
+                                        reason="too little detail to tell"))
         elif n in matches:
-            results.append(NeedleResult(image.rel, MATCHED, fp.hash, matches[n]))
+            results.append(NeedleResult(image.rel, NeedleStatus.MATCHED, fingerprint.hash, matches[n]))
         else:
-            results.append(NeedleResult(image.rel, MISSING, fp.hash))
+            results.append(NeedleResult(image.rel, NeedleStatus.MISSING, fingerprint.hash))
     results.sort(key=lambda result: result.rel)
     return results
 
 
-# ---------------------------------------------------------------------------------------
-# Report
-# ---------------------------------------------------------------------------------------
-
-NOT_IN, PARTLY_IN, IN = "not in haystack", "partly in haystack", "in haystack"
+class Verdict(Status):
+    NOT_IN = "not_in_haystack", "not in the haystack"
+    PARTLY_IN = "partly_in_haystack", "partly in the haystack"
+    IN = "in_haystack", "in the haystack"
 
 
 @dataclass(frozen=True, slots=True)
@@ -830,49 +921,57 @@ class FolderVerdict:
     folder: str
     images: int
     matched: int
-    other: Mapping[str, int]  # unmatched images by status
+    unmatched: Mapping[NeedleStatus, int]  # the other images, by status
 
     @property
-    def verdict(self) -> str:
-        return IN if self.matched == self.images else PARTLY_IN if self.matched else NOT_IN
+    def verdict(self) -> Verdict:
+        return Verdict.IN if self.matched == self.images else Verdict.PARTLY_IN if self.matched else Verdict.NOT_IN
 
 
-def folder_verdicts(needles: Sequence[NeedleResult]) -> list[FolderVerdict]:
-    by_folder: dict[str, Counter[str]] = defaultdict(Counter)
-    for needle in needles:
-        by_folder[needle.folder][needle.status] += 1
+def folder_verdicts(results: Sequence[NeedleResult]) -> list[FolderVerdict]:
+    by_folder: dict[str, Counter[NeedleStatus]] = defaultdict(Counter)
+    for result in results:
+        by_folder[result.folder][result.status] += 1
     return [
-        FolderVerdict(folder, sum(counts.values()), counts[MATCHED],
-                      {status: n for status, n in counts.items() if status != MATCHED})
+        FolderVerdict(folder, sum(counts.values()), counts[NeedleStatus.MATCHED],
+                      {status: n for status, n in sorted(counts.items()) if status != NeedleStatus.MATCHED})
         for folder, counts in sorted(by_folder.items())
     ]
 
 
-def render_text(verdicts: Sequence[FolderVerdict], needles: Sequence[NeedleResult], list_missing: bool) -> str:
-    if not verdicts:
+# ---------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------
+
+def render_text(result: RunResult, list_missing: bool = False) -> str:
+    """The report for a person: the folders not or partly in the haystack, then the count of
+    those in it; with list_missing, the unmatched images under each folder."""
+    folders = result.folders
+    if not folders:
         return "No images found in the needles folder.\n"
     unmatched_by_folder: dict[str, list[NeedleResult]] = defaultdict(list)
-    for needle in needles:
-        if needle.status != MATCHED:
+    for needle in result.results:
+        if needle.status != NeedleStatus.MATCHED:
             unmatched_by_folder[needle.folder].append(needle)
-    width = max(len(verdict.folder) for verdict in verdicts)
+    width = max(len(folder.folder) for folder in folders)
     lines = []
-    for title, kind in (("Not in the haystack", NOT_IN), ("Partly in the haystack", PARTLY_IN)):
-        group = [verdict for verdict in verdicts if verdict.verdict == kind]
+    for title, verdict in (("Not in the haystack", Verdict.NOT_IN), ("Partly in the haystack", Verdict.PARTLY_IN)):
+        group = [folder for folder in folders if folder.verdict == verdict]
         if not group:
             continue
         lines.append(f"{title} ({_count(len(group), 'folder')}):")
-        for verdict in group:
-            extra = ", ".join(f"{n} {status}" for status, n in sorted(verdict.other.items()) if status != MISSING)
-            line = f"  {verdict.folder:<{width}}  {verdict.matched} of {_count(verdict.images, 'image')} matched"
+        for folder in group:
+            extra = ", ".join(f"{n} {status.label}" for status, n in folder.unmatched.items()
+                              if status != NeedleStatus.MISSING)
+            line = f"  {folder.folder:<{width}}  {folder.matched} of {_count(folder.images, 'image')} matched"
             lines.append(line + (f" ({extra})" if extra else ""))
             if list_missing:
-                for needle in unmatched_by_folder[verdict.folder]:
-                    note = "" if needle.status == MISSING else f"  ({needle.status}: {needle.reason})"
+                for needle in unmatched_by_folder[folder.folder]:
+                    note = "" if needle.status == NeedleStatus.MISSING else f"  ({needle.status.label}: {needle.reason})"
                     lines.append(f"      {posixpath.basename(needle.rel) or '(the folder itself)'}{note}")
-    done = [verdict for verdict in verdicts if verdict.verdict == IN]
-    images_done = sum(verdict.images for verdict in done)
-    if len(done) == len(verdicts):
+    done = [folder for folder in folders if folder.verdict == Verdict.IN]
+    images_done = sum(folder.images for folder in done)
+    if len(done) == len(folders):
         lines.append(f"Every needle folder is in the haystack: {_count(len(done), 'folder')}, "
                      f"{_count(images_done, 'image')}.")
     else:
@@ -884,105 +983,219 @@ def _count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def json_key(label: str) -> str:
-    return label.replace(" ", "_").replace("-", "_")
+def render_summary(result: RunResult, verbose: bool = False) -> str:
+    """What each tree took, for stderr; with verbose, every unreadable file and its reason."""
+    lines = []
+    for tree in (result.haystack, result.needles):
+        how = ", ".join(f"{n} {source.label}" for source, n in tree.sources.items() if n)
+        lines.append(f"{tree.name}: {_count(tree.hashed, 'image')} hashed, {len(tree.unreadable)} unreadable, "
+                     f"{len(tree.scan.unsupported)} unsupported, in {tree.seconds:.1f} s"
+                     + (f" ({how})" if how else ""))
+        if verbose:
+            lines += [f"  unreadable: {problem.rel}: {problem.reason}" for problem in tree.unreadable]
+    if result.pruned is not None:
+        lines.append(f"cache: forgot {_count(result.pruned, 'record')} of files that are gone")
+    return "".join(line + "\n" for line in lines)
 
 
 def render_json(result: RunResult) -> str:
-    hash_size = result.settings["hash_size"]
+    """The whole result as one JSON document; statuses are the enums' values."""
+    settings = result.settings
     document = {
         "tool": {"name": "hash_and_search", "version": __version__},
-        "settings": result.settings,
+        "settings": {"haystack": str(result.haystack_root), "needles": str(result.needles_root),
+                     "hash_size": settings.hash_size, "distance": settings.distance,
+                     "rotations": settings.rotations, "jobs": settings.jobs,
+                     "cache": None if result.cache_path is None else str(result.cache_path)},
         "totals": result.totals(),
-        "trees": {tree.name: tree.as_json() for tree in result.trees},
+        "trees": {
+            tree.name: {"hashed": tree.hashed, "unreadable": len(tree.unreadable),
+                        "unsupported": len(tree.scan.unsupported),
+                        **{source: tree.sources.get(source, 0) for source in Source},
+                        "seconds": round(tree.seconds, 3)}
+            for tree in (result.haystack, result.needles)
+        },
         "folders": [
-            {"folder": v.folder, "verdict": v.verdict, "images": v.images, "matched": v.matched,
-             "unmatched": dict(sorted(v.other.items()))}
-            for v in result.verdicts
+            {"folder": folder.folder, "verdict": folder.verdict, "images": folder.images, "matched": folder.matched,
+             "unmatched": dict(folder.unmatched)}
+            for folder in result.folders
         ],
         "needles": [
-            {"path": n.rel, "folder": n.folder, "status": n.status,
-             "hash": None if n.hash is None else format_hash(n.hash, hash_size),
-             "match": None if n.match is None else {
-                 "path": n.match.path, "distance": n.match.distance,
-                 "orientation": ORIENTATIONS[n.match.orientation],
-                 "similarity": None if n.match.similarity is None else round(n.match.similarity, 3)},
-             "reason": n.reason}
-            for n in result.needles
+            {"path": needle.rel, "folder": needle.folder, "status": needle.status,
+             "hash": None if needle.hash is None else format_hash(needle.hash, settings.hash_size),
+             "match": None if needle.match is None else {
+                 "path": needle.match.path, "distance": needle.match.distance,
+                 "orientation": ORIENTATIONS[needle.match.orientation],
+                 "similarity": None if needle.match.similarity is None else round(needle.match.similarity, 3)},
+             "reason": needle.reason}
+            for needle in result.results
         ],
         "unreadable": [
             {"tree": tree.name, "path": problem.rel, "reason": problem.reason}
-            for tree in result.trees for problem in tree.unreadable
+            for tree in (result.haystack, result.needles) for problem in tree.unreadable
         ],
         "elapsed_seconds": round(result.elapsed, 3),
     }
     return json.dumps(document, indent=2) + "\n"
 
 
-@dataclass
-class TreeSummary:
-    """What hashing one tree took, for the summary on stderr and the JSON."""
-
-    name: str
-    hashed: int
-    unreadable: list[Unreadable]
-    unsupported: int
-    sources: Mapping[str, int]
-    seconds: float
-
-    def line(self) -> str:
-        how = ", ".join(f"{n} {source}" for source, n in self.sources.items() if n)
-        return (f"{self.name}: {_count(self.hashed, 'image')} hashed, {len(self.unreadable)} unreadable, "
-                f"{self.unsupported} unsupported, in {self.seconds:.1f} s" + (f" ({how})" if how else ""))
-
-    def as_json(self) -> dict[str, object]:
-        return {"hashed": self.hashed, "unreadable": len(self.unreadable), "unsupported": self.unsupported,
-                **{json_key(source): self.sources.get(source, 0)
-                   for source in (FROM_CACHE, BYTE_COPY, DECODED, NOT_READ)},
-                "seconds": round(self.seconds, 3)}
-
-
-@dataclass
-class RunResult:
-    settings: dict[str, object]
-    needles: list[NeedleResult]
-    verdicts: list[FolderVerdict]
-    trees: tuple[TreeSummary, TreeSummary]  # haystack, needles
-    elapsed: float
-
-    def totals(self) -> dict[str, int]:
-        statuses = Counter(needle.status for needle in self.needles)
-        folders = Counter(verdict.verdict for verdict in self.verdicts)
-        return {
-            "haystack_images": self.trees[0].hashed,
-            "needle_images": len(self.needles),
-            **{f"needles_{json_key(status)}": statuses[status]
-               for status in (MATCHED, MISSING, LOW_DETAIL, UNREADABLE, UNSUPPORTED)},
-            "needle_folders": len(self.verdicts),
-            **{f"folders_{json_key(verdict)}": folders[verdict] for verdict in (NOT_IN, PARTLY_IN, IN)},
-        }
-
-    @property
-    def exit_code(self) -> int:
-        return EXIT_ALL_MATCHED if all(n.status == MATCHED for n in self.needles) else EXIT_SOME_UNMATCHED
-
-
 # ---------------------------------------------------------------------------------------
-# Command line
+# Run: the whole pipeline, as a library call
 # ---------------------------------------------------------------------------------------
 
 class FatalError(Exception):
     """A problem that stops the run: reported in one line, exit status 2."""
 
 
-def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """How to compare. The defaults are the command line's, except the cache: none unless given."""
+
+    hash_size: int = DEFAULT_HASH_SIZE
+    distance: int = 0  # bits two hashes may differ in; above 0 a match must be confirmed
+    rotations: bool = False  # also try each needle turned and mirrored
+    jobs: int = field(default_factory=lambda: default_jobs())
+    cache: Path | None = None  # the SQLite cache file, or None for no cache
+    prune_cache: bool = False  # also forget cached files that no longer exist
+
+    def __post_init__(self) -> None:
+        if self.hash_size not in HASH_SIZE_RANGE:
+            raise SettingError("hash_size", f"must be from {HASH_SIZE_RANGE.start} to {HASH_SIZE_RANGE.stop - 1}")
+        if not 0 <= self.distance <= self.hash_size ** 2:
+            raise SettingError("distance", f"must be from 0 to {self.hash_size ** 2}, the bits in a hash")
+        if self.jobs < 1:
+            raise SettingError("jobs", "must be at least 1")
+
+
+class SettingError(ValueError):
+    """A setting out of its range: which one, and what it must be."""
+
+    def __init__(self, name: str, problem: str):
+        super().__init__(f"{name} {problem}")
+        self.name, self.problem = name, problem
+
+
+def default_jobs() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on every platform
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """Everything a run found: both trees, every needle's result, and what it cost."""
+
+    settings: Settings
+    haystack_root: Path
+    needles_root: Path
+    haystack: Tree
+    needles: Tree
+    results: tuple[NeedleResult, ...]  # every needle file, sorted by path
+    cache_path: Path | None  # the cache used, if any
+    pruned: int | None  # records forgotten by prune_cache, if asked
+    elapsed: float
+
+    @functools.cached_property
+    def folders(self) -> list[FolderVerdict]:
+        return folder_verdicts(self.results)
+
+    def totals(self) -> dict[str, int]:
+        statuses = Counter(needle.status for needle in self.results)
+        verdicts = Counter(folder.verdict for folder in self.folders)
+        return {
+            "haystack_images": self.haystack.hashed,
+            "needle_images": len(self.results),
+            **{f"needles_{status}": statuses[status] for status in NeedleStatus},
+            "needle_folders": len(self.folders),
+            **{f"folders_{verdict}": verdicts[verdict] for verdict in Verdict},
+        }
+
+    @property
+    def exit_code(self) -> int:
+        matched = all(needle.status == NeedleStatus.MATCHED for needle in self.results)
+        return EXIT_ALL_MATCHED if matched else EXIT_SOME_UNMATCHED
+
+
+def check_folder(path: Path, option: str) -> None:
+    if not path.exists():
+        raise FatalError(f"{option} {path}: no such folder")
+    if not path.is_dir():
+        raise FatalError(f"{option} {path}: not a folder")
+    if not os.access(path, os.R_OK | os.X_OK):
+        raise FatalError(f"{option} {path}: permission denied")
+
+
+def open_cache(settings: Settings, roots: Mapping[str, Path], warn: Callable[[str], None]) -> HashCache | None:
+    """The cache asked for, unless it would be written inside a folder being read."""
+    if settings.cache is None:
+        return None
+    real = Path(os.path.realpath(settings.cache))
+    for option, root in roots.items():
+        if real.is_relative_to(os.path.realpath(root)):
+            warn(f"cache {settings.cache} would be inside {option}, which is never written to; "
+                 "going on without a cache")
+            return None
+    return HashCache(settings.cache, settings.hash_size, warn)
+
+
+def run(haystack: str | os.PathLike[str], needles: str | os.PathLike[str], settings: Settings = Settings(), *,
+        warn: Callable[[str], None] = lambda message: None, progress: Progress = no_progress) -> RunResult:
+    """Find and hash both trees, match every needle against the haystack, and return it all.
+
+    Prints nothing: warnings go to `warn`, progress to `progress` (see Progress). Raises
+    FatalError when a root folder is missing or cannot be read, KeyboardInterrupt on Ctrl-C
+    (what the cache had been given is kept).
+    """
+    haystack_root, needles_root = Path(haystack), Path(needles)
+    roots = {"--haystack": haystack_root, "--needles": needles_root}
+    for option, root in roots.items():
+        check_folder(root, option)
+    started = time.perf_counter()
+    scans: dict[str, tuple[Scan, float]] = {}
+    for name, root in (("haystack", haystack_root), ("needles", needles_root)):
+        found_at = time.perf_counter()
+        with progress(f"finding {name}", None, "file") as bar:
+            scans[name] = find_images(root, on_found=bar.update), time.perf_counter() - found_at
+    cache = open_cache(settings, roots, warn)
+
+    def hash_tree(name: str, sizes_to_digest: Container[int], haystack_by_digest: Mapping[bytes, Fingerprint]) -> Tree:
+        scan, seconds = scans[name]
+        hashed_at = time.perf_counter()
+        with progress(f"hashing {name}", len(scan.images), "img") as bar:
+            fingerprints, sources = fingerprint_all(scan.images, settings.hash_size, settings.jobs, cache,
+                                                    sizes_to_digest, haystack_by_digest, bar.update)
+        return Tree(name, scan, fingerprints, sources, seconds + time.perf_counter() - hashed_at)
+
+    try:
+        # Size first, as fclones does: only a file whose size occurs in the other tree can be a
+        # byte copy, so only such files get the digest of their bytes.
+        haystack_tree = hash_tree("haystack", {image.size for image in scans["needles"][0].images}, {})
+        needles_tree = hash_tree("needles", {image.size for image in haystack_tree.scan.images},
+                                 {fp.digest: fp for fp in haystack_tree.fingerprints if fp.digest})
+        pruned = cache.prune() if cache and settings.prune_cache else None
+    finally:
+        if cache:
+            cache.close()
+    results = match_needles(haystack_tree, needles_tree, settings)
+    if not results:
+        warn(f"no images found under {needles_root}")
+    return RunResult(settings, haystack_root, needles_root, haystack_tree, needles_tree, tuple(results),
+                     None if cache is None else cache.path, pruned, time.perf_counter() - started)
+
+
+# ---------------------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------------------
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings]:
     parser = argparse.ArgumentParser(
         prog="hash_and_search.py",
         description="Report which needle folders have images that are not in the haystack, "
                     "comparing images by perceptual difference hash (dHash).",
         epilog="exit status: 0 every needle image matched; 1 some needle image did not match "
                "(or could not be read); 2 usage error or fatal problem, such as a folder that "
-               "does not exist or cannot be read.",
+               "does not exist or cannot be read; 130 interrupted.",
     )
     parser.add_argument("-a", "--haystack", required=True, type=Path, metavar="DIR",
                         help="the library: folder searched recursively for images")
@@ -1012,153 +1225,47 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary on stderr")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
-    if args.hash_size not in HASH_SIZE_RANGE:
-        parser.error(f"--hash-size must be from {HASH_SIZE_RANGE.start} to {HASH_SIZE_RANGE.stop - 1}")
-    if not 0 <= args.distance <= args.hash_size ** 2:
-        parser.error(f"--distance must be from 0 to {args.hash_size ** 2}, the bits in a hash")
-    if args.jobs < 1:
-        parser.error("--jobs must be at least 1")
-    return args
-
-
-def default_jobs() -> int:
     try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        return os.cpu_count() or 1
+        settings = Settings(args.hash_size, args.distance, args.rotations, args.jobs,
+                            None if args.no_cache else args.cache or default_cache_path(), args.prune_cache)
+    except SettingError as err:
+        parser.error(f"{OPTION_OF_SETTING[err.name]} {err.problem}")
+    return args, settings
 
 
-def check_folder(path: Path, option: str) -> None:
-    if not path.exists():
-        raise FatalError(f"{option} {path}: no such folder")
-    if not path.is_dir():
-        raise FatalError(f"{option} {path}: not a folder")
-    if not os.access(path, os.R_OK | os.X_OK):
-        raise FatalError(f"{option} {path}: permission denied")
+OPTION_OF_SETTING = {"hash_size": "--hash-size", "distance": "--distance", "jobs": "--jobs"}
 
 
 def warn(message: str) -> None:
     print(f"hash_and_search: warning: {message}", file=sys.stderr)
 
 
-def open_cache(args: argparse.Namespace) -> HashCache | None:
-    """The cache the user asked for, unless it would be written inside a folder being read."""
-    if args.no_cache:
-        return None
-    path = args.cache or default_cache_path()
-    real = Path(os.path.realpath(path))
-    for option, root in (("--haystack", args.haystack), ("--needles", args.needles)):
-        if real.is_relative_to(os.path.realpath(root)):
-            warn(f"cache {path} would be inside {option}, which is never written to; going on without a cache")
-            return None
-    return HashCache(path, args.hash_size, warn)
+def tqdm_progress(description: str, total: int | None, unit: str) -> AbstractContextManager[Bar]:
+    """Progress bars on stderr, for a terminal."""
+    from tqdm import tqdm  # only on a terminal: its import costs more than a cached run
 
-
-class Progress:
-    """A tqdm bar on stderr when it is a terminal; nothing otherwise."""
-
-    def __init__(self, enabled: bool):
-        self.enabled = enabled
-
-    def bar(self, description: str, total: int | None = None, unit: str = "img"):
-        if not self.enabled:
-            return _NoBar()
-        from tqdm import tqdm  # only on a terminal: its import costs more than a cached run
-
-        return tqdm(desc=description, total=total, unit=unit, leave=False, file=sys.stderr)
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
-
-
-def find_tree(root: Path, name: str, progress: Progress) -> tuple[Scan, float]:
-    started = time.perf_counter()
-    with progress.bar(f"finding {name}", unit="file") as bar:
-        scan = find_images(root, on_found=bar.update)
-    return scan, time.perf_counter() - started
-
-
-def fingerprint_tree(scan: Scan, name: str, seconds: float, args: argparse.Namespace, cache: HashCache | None,
-                     progress: Progress, digest_sizes: Container[int],
-                     known: Mapping[bytes, Fingerprint] = {}) -> tuple[list[Fingerprint], TreeSummary]:
-    started = time.perf_counter()
-    with progress.bar(f"hashing {name}", total=len(scan.images)) as bar:
-        prints, sources = fingerprint_all(scan.images, args.hash_size, args.jobs, cache, digest_sizes, known,
-                                          bar.update)
-    failed = [Unreadable(image.rel, fp.error) for image, fp in zip(scan.images, prints) if fp.error is not None]
-    unreadable = sorted(scan.unreadable + failed, key=lambda problem: problem.rel)
-    summary = TreeSummary(name, len(scan.images) - len(failed), unreadable, len(scan.unsupported),
-                          sources, seconds + time.perf_counter() - started)
-    return prints, summary
-
-
-def run(args: argparse.Namespace) -> RunResult:
-    check_folder(args.haystack, "--haystack")
-    check_folder(args.needles, "--needles")
-    started = time.perf_counter()
-    progress = Progress(enabled=not args.quiet and sys.stderr.isatty())
-    haystack, haystack_seconds = find_tree(args.haystack, "haystack", progress)
-    needles, needles_seconds = find_tree(args.needles, "needles", progress)
-    # Size first, as fclones does: only a file whose size occurs in the other tree can be a
-    # byte copy, so only such files get the digest of their bytes.
-    haystack_sizes = {image.size for image in haystack.images}
-    needle_sizes = {image.size for image in needles.images}
-    cache = open_cache(args)
-    try:
-        haystack_prints, haystack_tree = fingerprint_tree(
-            haystack, "haystack", haystack_seconds, args, cache, progress, needle_sizes)
-        known = {fp.digest: fp for fp in haystack_prints if fp.digest}
-        needle_prints, needles_tree = fingerprint_tree(
-            needles, "needles", needles_seconds, args, cache, progress, haystack_sizes, known)
-        if cache and args.prune_cache:
-            print(f"cache: forgot {_count(cache.prune(), 'record')} of files that are gone", file=sys.stderr)
-    finally:
-        if cache:
-            cache.close()
-    results = match_needles(needles, needle_prints, haystack, haystack_prints, args.distance, args.rotations,
-                            args.hash_size ** 2)
-    if not args.quiet:
-        for tree in (haystack_tree, needles_tree):
-            print(tree.line(), file=sys.stderr)
-            if args.verbose:
-                for problem in tree.unreadable:
-                    print(f"  unreadable: {problem.rel}: {problem.reason}", file=sys.stderr)
-    if not results:
-        warn(f"no images found under {args.needles}")
-    return RunResult(
-        settings={"haystack": str(args.haystack), "needles": str(args.needles), "hash_size": args.hash_size,
-                  "distance": args.distance, "rotations": args.rotations, "jobs": args.jobs,
-                  "cache": None if cache is None else str(cache.path)},
-        needles=results,
-        verdicts=folder_verdicts(results),
-        trees=(haystack_tree, needles_tree),
-        elapsed=time.perf_counter() - started,
-    )
+    return tqdm(desc=description, total=total, unit=unit, leave=False, file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: parse the arguments, run, print the report, return the exit status."""
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(errors="backslashreplace")  # file names need not be valid text
-    args = parse_args(argv)
+    args, settings = parse_args(argv)
+    show_progress = not args.quiet and sys.stderr.isatty()
     try:
-        result = run(args)
-        output = render_json(result) if args.json else render_text(result.verdicts, result.needles, args.list_missing)
-        sys.stdout.write(output)
+        result = run(args.haystack, args.needles, settings, warn=warn,
+                     progress=tqdm_progress if show_progress else no_progress)
+        if not args.quiet:
+            sys.stderr.write(render_summary(result, args.verbose))
+        sys.stdout.write(render_json(result) if args.json else render_text(result, args.list_missing))
         sys.stdout.flush()
     except FatalError as err:
         print(f"hash_and_search: error: {err}", file=sys.stderr)
         return EXIT_FATAL
     except KeyboardInterrupt:
         print("hash_and_search: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # the reader went away (| head): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_SOME_UNMATCHED

@@ -115,7 +115,7 @@ def test_subfolder_without_read_permission_is_reported(shared_trees) -> None:
     assert statuses["locked/"] == ("unreadable", "folder: permission denied")
     assert statuses["ok/good.jpg"][0] == "matched"
     assert json.loads(completed.stdout)["folders"][0] == {
-        "folder": "locked", "verdict": "not in haystack", "images": 1, "matched": 0, "unmatched": {"unreadable": 1}}
+        "folder": "locked", "verdict": "not_in_haystack", "images": 1, "matched": 0, "unmatched": {"unreadable": 1}}
 
 
 def test_unreadable_needles_root_is_fatal(shared_trees) -> None:

@@ -38,7 +38,7 @@ def test_folders_are_named_by_their_path_from_the_needles_root(trees) -> None:
     copy_photo(0, needles / "top.jpg")
     completed = run_tool("-a", haystack, "-n", needles, "--json")
     verdicts = {f["folder"]: f["verdict"] for f in json.loads(completed.stdout)["folders"]}
-    assert verdicts == {".": "in haystack", "phone-a/DCIM": "in haystack", "phone-b/DCIM": "not in haystack"}
+    assert verdicts == {".": "in_haystack", "phone-a/DCIM": "in_haystack", "phone-b/DCIM": "not_in_haystack"}
 
 
 def test_exit_status_is_0_when_every_needle_matched(trees) -> None:
@@ -73,7 +73,7 @@ def test_json_holds_the_whole_result(trees) -> None:
     document = json.loads(completed.stdout)
     assert document["tool"]["name"] == "hash_and_search" and document["tool"]["version"]
     assert document["settings"]["hash_size"] == 8
-    assert document["folders"] == [{"folder": "old", "verdict": "partly in haystack", "images": 3,
+    assert document["folders"] == [{"folder": "old", "verdict": "partly_in_haystack", "images": 3,
                                     "matched": 1, "unmatched": {"missing": 1, "unreadable": 1}}]
     needles_by_path = {n["path"]: n for n in document["needles"]}
     assert needles_by_path["old/a copy.jpg"]["match"] == {
@@ -105,7 +105,7 @@ def test_low_detail_needles_are_not_evidence_of_import(trees) -> None:
     write_image(needles / "night" / "black.png", black)
     completed = run_tool("-a", haystack, "-n", needles, "--json")
     needle = json.loads(completed.stdout)["needles"][0]
-    assert needle["status"] == "low detail" and needle["match"] is None
+    assert needle["status"] == "low_detail" and needle["match"] is None
     assert completed.returncode == 1
 
 
