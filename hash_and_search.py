@@ -15,8 +15,8 @@ fatal problem (a folder that does not exist or cannot be read), 130 interrupted.
 
 The pipeline, one section of this file each, top to bottom:
 
-    find      find_images(root) -> Scan: the image files under a folder, and what could not be read
-    decode    decode_image(bytes) -> pixels
+    find      find_files(root) -> Scan: every file under a folder by Kind, and what could not be read
+    decode    decode_image(bytes, extension) -> pixels: OpenCV, pillow-heif, pillow-jxl, rawpy
     hash      fingerprint_pixels(pixels) -> Fingerprint: dHash in 8 orientations, a signature
     cache     HashCache: fingerprints by path, size and mtime, in SQLite
     (all)     fingerprint_tree(scan) -> Tree: every file hashed on a thread pool, through the cache
@@ -36,6 +36,7 @@ import dataclasses
 import enum
 import functools
 import hashlib
+import io
 import itertools
 import json
 import math
@@ -56,7 +57,8 @@ from typing import Protocol
 __version__ = "1.1.0"
 __all__ = [
     "run", "Settings", "RunResult", "Tree", "NeedleResult", "Match", "FolderVerdict", "Fingerprint",
-    "NeedleStatus", "Verdict", "Source", "render_text", "render_json", "find_images", "fingerprint_pixels",
+    "NeedleStatus", "Verdict", "Source", "Kind", "Method", "render_text", "render_summary", "render_json",
+    "find_files", "fingerprint_pixels",
     "HammingIndex", "brute_force_search", "HashCache", "FatalError", "main",
 ]
 
@@ -65,17 +67,24 @@ HASH_SIZE_RANGE = range(2, 33)
 EXIT_ALL_MATCHED, EXIT_SOME_UNMATCHED, EXIT_FATAL = 0, 1, 2
 EXIT_INTERRUPTED = 128 + 2  # as a shell reports a process ended by SIGINT
 
-# Matched case-insensitively. OpenCV picks the decoder from the file's content, so the
-# extension only decides which files are looked at.
-IMAGE_EXTENSIONS = frozenset(
-    ".jpg .jpeg .jpe .jfif .jif .png .bmp .dib .tif .tiff .webp .avif .gif .jp2 .j2k .jpf .jpx"
-    " .pbm .pgm .ppm .pnm .pxm .pam .sr .ras .hdr .pic .pfm".split()
-)
-# Photo formats OpenCV cannot decode: counted and reported, never skipped silently.
-UNSUPPORTED_EXTENSIONS = frozenset(
-    ".heic .heif .hif .avci .dng .cr2 .cr3 .crw .nef .nrw .arw .srf .sr2 .orf .rw2 .raf .pef"
-    " .srw .x3f .3fr .erf .kdc .mrw .mos .raw .rwl .iiq".split()
-)
+# Which files are what, by extension, matched case-insensitively. The decoder is chosen by
+# extension too (see DECODERS), and OpenCV then picks its own from the file's content.
+OPENCV_EXTENSIONS = frozenset(
+    ".jpg .jpeg .jpe .jfif .jif .png .bmp .dib .tif .tiff .webp .gif .jp2 .j2k .jpf .jpx"
+    " .pbm .pgm .ppm .pnm .pxm .pam .sr .ras .hdr .pic .pfm".split())
+HEIF_EXTENSIONS = frozenset(".heic .heif .hif".split())
+PILLOW_EXTENSIONS = frozenset(".avif .jxl".split())  # AVIF: Pillow's own; JPEG XL: pillow-jxl-plugin
+RAW_EXTENSIONS = frozenset(
+    ".dng .cr2 .cr3 .crw .nef .nrw .arw .srf .sr2 .orf .rw2 .raf .pef .srw .x3f .3fr .erf .kdc .dcr"
+    " .mrw .mos .mef .raw .rwl .iiq".split())
+VIDEO_EXTENSIONS = frozenset(
+    ".mov .mp4 .m4v .3gp .3g2 .avi .mkv .mts .m2ts .ts .wmv .asf .webm .mpg .mpeg .m2v .vob .flv .mod"
+    " .tod".split())
+# Files that describe a photo rather than hold one (edits, Live Photo sidecars, thumbnails,
+# GoPro/DJI low-resolution proxies) and files the operating system leaves behind.
+SIDECAR_EXTENSIONS = frozenset(".xmp .aae .json .thm .lrv .pp3 .dop .on1".split())
+SYSTEM_FILE_NAMES = frozenset(name.lower() for name in (
+    ".DS_Store", "Thumbs.db", "ehthumbs.db", "desktop.ini", ".picasa.ini", "Picasa.ini", ".nomedia"))
 
 # Mean absolute step, in grey levels, between horizontally adjacent pixels of the shrunken
 # image below which its hash bits are decided by rounding noise. Measured on the 46 sample
@@ -101,17 +110,59 @@ class Status(enum.StrEnum):
 
 
 # ---------------------------------------------------------------------------------------
-# Find images
+# Find files
 # ---------------------------------------------------------------------------------------
 
+class Kind(Status):
+    """What a file holds. Photos and RAW files are decoded and hashed, videos only compared
+    byte for byte; the rest is counted and listed, never compared."""
+
+    PHOTO = "photo", "photo"
+    RAW = "raw", "RAW file"
+    VIDEO = "video", "video"
+    SIDECAR = "sidecar", "sidecar"
+    SYSTEM = "system", "system file"
+    OTHER = "other", "other file"
+    FOLDER = "folder", "folder"  # only for a folder that could not be read: its files are unknown
+
+
+COMPARED_KINDS = frozenset({Kind.PHOTO, Kind.RAW, Kind.VIDEO})
+HASHED_KINDS = frozenset({Kind.PHOTO, Kind.RAW})
+
+
+def file_kind(name: str) -> Kind:
+    extension = os.path.splitext(name)[1].lower()
+    if extension in OPENCV_EXTENSIONS or extension in HEIF_EXTENSIONS or extension in PILLOW_EXTENSIONS:
+        return Kind.PHOTO
+    if extension in RAW_EXTENSIONS:
+        return Kind.RAW
+    if extension in VIDEO_EXTENSIONS:
+        return Kind.VIDEO
+    if extension in SIDECAR_EXTENSIONS:
+        return Kind.SIDECAR
+    if name.lower() in SYSTEM_FILE_NAMES or name.startswith("._"):  # ._*: macOS AppleDouble
+        return Kind.SYSTEM
+    return Kind.OTHER
+
+
 @dataclass(frozen=True, slots=True)
-class ImageFile:
-    """An image file found under a root folder, with what stat said of it."""
+class FoundFile:
+    """A photo, RAW file or video found under a root folder, with what stat said of it."""
 
     path: str  # as found: the root joined with the relative path
     rel: str  # relative to the root, with '/' separators
+    kind: Kind
     size: int
     mtime_ns: int
+    identity: tuple[int, int]  # device and inode: the same file under any path or link
+
+
+@dataclass(frozen=True, slots=True)
+class NotCompared:
+    """A file that is counted and listed but never compared: a sidecar, a system file, any other."""
+
+    rel: str
+    kind: Kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,14 +171,15 @@ class Unreadable:
 
     rel: str  # a folder's ends with '/'
     reason: str
+    kind: Kind
 
 
 @dataclass(frozen=True, slots=True)
 class Scan:
     """Everything found under one root folder, each list sorted by relative path."""
 
-    images: tuple[ImageFile, ...]
-    unsupported: tuple[str, ...]  # relative paths of photos in a format that cannot be decoded
+    files: tuple[FoundFile, ...]  # photos, RAW files and videos: the files compared
+    not_compared: tuple[NotCompared, ...]
     unreadable: tuple[Unreadable, ...]
 
 
@@ -135,59 +187,57 @@ def describe_os_error(err: OSError) -> str:
     return err.strerror.lower() if err.strerror else str(err)
 
 
-def image_kind(name: str) -> str | None:
-    """'image' for a file OpenCV may decode, 'unsupported' for a photo it cannot, else None."""
-    extension = os.path.splitext(name)[1].lower()
-    if extension in IMAGE_EXTENSIONS:
-        return "image"
-    if extension in UNSUPPORTED_EXTENSIONS:
-        return "unsupported"
-    return None
+def folder_identity(path: str | os.PathLike[str]) -> tuple[int, int]:
+    info = os.stat(path)
+    return info.st_dev, info.st_ino
 
 
-def find_images(root: Path, on_found: Callable[[int], None] = lambda n: None) -> Scan:
-    """Walk root recursively, following symlinks to folders but never into the same folder twice."""
-    images: list[ImageFile] = []
-    unsupported: list[str] = []
+def find_files(root: Path, left_out: Container[tuple[int, int]] = frozenset(),
+               on_found: Callable[[int], object] = lambda n: None) -> Scan:
+    """Walk root recursively, following symlinks to folders but never into the same folder
+    twice, nor into a folder in left_out (by device and inode, so through any link)."""
+    files: list[FoundFile] = []
+    not_compared: list[NotCompared] = []
     unreadable: list[Unreadable] = []
     visited: set[tuple[int, int]] = set()
     pending = [str(root)]
     while pending:
         folder = pending.pop()
         try:
-            info = os.stat(folder)
-            if (info.st_dev, info.st_ino) in visited:
-                continue  # a symlink loop, or a second link to a folder already walked
-            visited.add((info.st_dev, info.st_ino))
+            identity = folder_identity(folder)
+            if identity in visited or identity in left_out:
+                continue  # a symlink loop, a second link to a folder already walked, the other root
+            visited.add(identity)
             with os.scandir(folder) as listing:
                 entries = sorted(listing, key=lambda entry: entry.name)
         except OSError as err:
-            unreadable.append(Unreadable(relative_path(folder, root) + "/", f"folder: {describe_os_error(err)}"))
+            unreadable.append(Unreadable(relative_path(folder, root) + "/", f"folder: {describe_os_error(err)}",
+                                         Kind.FOLDER))
             continue
         subfolders = []
         for entry in entries:
             if _is_folder(entry):
                 subfolders.append(entry.path)
                 continue
-            kind = image_kind(entry.name)
-            if kind is None:
+            kind, rel = file_kind(entry.name), relative_path(entry.path, root)
+            if kind not in COMPARED_KINDS:
+                not_compared.append(NotCompared(rel, kind))
                 continue
-            rel = relative_path(entry.path, root)
             try:
                 info = entry.stat()
             except OSError as err:
                 reason = "broken symbolic link" if entry.is_symlink() else describe_os_error(err)
-                unreadable.append(Unreadable(rel, reason))
+                unreadable.append(Unreadable(rel, reason, kind))
                 continue
             if not stat.S_ISREG(info.st_mode):
-                unreadable.append(Unreadable(rel, "not a regular file"))
-            elif kind == "unsupported":
-                unsupported.append(rel)
+                unreadable.append(Unreadable(rel, "not a regular file", kind))
             else:
-                images.append(ImageFile(entry.path, rel, info.st_size, info.st_mtime_ns))
+                files.append(FoundFile(entry.path, rel, kind, info.st_size, info.st_mtime_ns,
+                                       (info.st_dev, info.st_ino)))
                 on_found(1)
         pending.extend(reversed(subfolders))
-    return Scan(tuple(sorted(images, key=lambda image: image.rel)), tuple(sorted(unsupported)),
+    return Scan(tuple(sorted(files, key=lambda file: file.rel)),
+                tuple(sorted(not_compared, key=lambda file: file.rel)),
                 tuple(sorted(unreadable, key=lambda problem: problem.rel)))
 
 
@@ -224,10 +274,15 @@ def _cv2():
     return cv2
 
 
-def decode_image(data: bytes):
-    """Decode an encoded image to 8-bit BGR pixels, EXIF orientation applied."""
+def decode_image(data: bytes, extension: str = ".jpg"):
+    """Decode a photo or RAW file's bytes to 8-bit BGR pixels, turned as its format says."""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
+    return DECODERS.get(extension.lower(), decode_with_opencv)(data)
+
+
+def decode_with_opencv(data: bytes):
+    """JPEG, PNG, TIFF, WEBP and the other formats OpenCV reads, EXIF orientation applied."""
     cv2, np = _cv2(), _np()
     try:
         pixels = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
@@ -238,6 +293,81 @@ def decode_image(data: bytes):
     if pixels is None:
         raise UnreadableImage("not an image OpenCV can decode (corrupt, truncated or another format)")
     return pixels
+
+
+def decode_heif(data: bytes):
+    """HEIC and HEIF through libheif (pillow-heif). libheif applies the container's
+    rotation and mirroring (irot, imir), which the HEIF standard puts above any EXIF
+    orientation tag, so EXIF is not applied again; deeper colour is scaled to 8 bits."""
+    pillow_heif, np = _pillow_heif(), _np()
+    try:
+        image = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True)
+        pixels = np.asarray(image)
+    except (ValueError, RuntimeError, OSError) as err:  # what libheif raises for a damaged file
+        raise UnreadableImage(f"libheif cannot decode it: {err}") from None
+    return _rgb_to_bgr(pixels)
+
+
+def decode_with_pillow(data: bytes):
+    """AVIF (Pillow's own decoder; pillow-heif's wheels lack an AV1 decoder) and JPEG XL
+    (pillow-jxl-plugin). Pillow reports AVIF's container rotation and mirroring as an EXIF
+    orientation, which exif_transpose applies."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    _pillow_jxl()
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            pixels = _np().asarray(ImageOps.exif_transpose(image.convert("RGB")))
+    except (UnidentifiedImageError, ValueError, OSError) as err:
+        raise UnreadableImage(f"Pillow cannot decode it: {err}") from None
+    return _rgb_to_bgr(pixels)
+
+
+# A RAW file's embedded preview is hashed when its long side is at least this share of the
+# sensor image's: the camera's own rendering, the JPEG a RAW+JPEG camera writes beside it.
+# Smaller previews (a 160 x 120 thumbnail) say too little; LibRaw then renders the sensor data.
+RAW_PREVIEW_MIN_SHARE = 0.5
+# LibRaw's flip flag -> quarter turns clockwise that put the picture upright.
+RAW_FLIP_TURNS = {0: 0, 3: 2, 5: 3, 6: 1}
+
+
+def decode_raw(data: bytes):
+    """Camera RAW through LibRaw (rawpy): the embedded full-size preview when there is one,
+    turned by the RAW's flip flag, else LibRaw's rendering with the camera's white balance."""
+    rawpy, np = _rawpy(), _np()
+    try:
+        with rawpy.imread(io.BytesIO(data)) as raw:
+            preview = _raw_preview(raw)
+            if preview is not None:
+                return np.ascontiguousarray(np.rot90(preview, -RAW_FLIP_TURNS.get(raw.sizes.flip, 0)))
+            return _rgb_to_bgr(raw.postprocess(use_camera_wb=True, output_bps=8))
+    except (rawpy.LibRawError, ValueError, OSError) as err:
+        raise UnreadableImage(f"LibRaw cannot decode it: {type(err).__name__} {err}".strip()) from None
+
+
+def _raw_preview(raw):
+    """The embedded JPEG preview as BGR pixels, if it is large enough to stand for the photo."""
+    rawpy, cv2, np = _rawpy(), _cv2(), _np()
+    try:
+        thumbnail = raw.extract_thumb()
+    except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
+        return None
+    if thumbnail.format == rawpy.ThumbFormat.JPEG:
+        # The preview's own EXIF tag, if any, is ignored: the RAW's flip flag says how to turn it.
+        pixels = cv2.imdecode(np.frombuffer(thumbnail.data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+    else:
+        pixels = _rgb_to_bgr(thumbnail.data)
+    if pixels is None or max(pixels.shape[:2]) < RAW_PREVIEW_MIN_SHARE * max(raw.sizes.width, raw.sizes.height):
+        return None
+    return pixels
+
+
+def _rgb_to_bgr(pixels):
+    """Colour pixels as OpenCV decodes them: 8-bit BGR, alpha dropped, grey kept as grey."""
+    cv2, np = _cv2(), _np()
+    if pixels.ndim == 2:
+        return pixels
+    return np.ascontiguousarray(cv2.cvtColor(pixels[:, :, :3], cv2.COLOR_RGB2BGR))
 
 
 def _opencv_reason(err: Exception) -> str:
@@ -252,6 +382,33 @@ def _np():
     import numpy
 
     return numpy
+
+
+@functools.cache
+def _pillow_heif():
+    import pillow_heif
+
+    return pillow_heif
+
+
+@functools.cache
+def _pillow_jxl() -> None:
+    import pillow_jxl  # noqa: F401  registers the JPEG XL format with Pillow
+
+
+@functools.cache
+def _rawpy():
+    import rawpy
+
+    return rawpy
+
+
+# The decoder for each extension; OpenCV for the rest.
+DECODERS: dict[str, Callable[[bytes], object]] = {
+    **dict.fromkeys(HEIF_EXTENSIONS, decode_heif),
+    **dict.fromkeys(PILLOW_EXTENSIONS, decode_with_pillow),
+    **dict.fromkeys(RAW_EXTENSIONS, decode_raw),
+}
 
 
 # ---------------------------------------------------------------------------------------
@@ -379,18 +536,26 @@ class Source(Status):
     FROM_CACHE = "from_cache", "from cache"
     BYTE_COPY = "byte_identical", "byte-identical"
     DECODED = "decoded", "decoded"
+    DIGEST_ONLY = "digest_only", "read for a digest"  # a video whose size meets a file of the other tree
+    SIZE_ONLY = "size_only", "size only"  # a video whose size meets none: not read at all
     NOT_READ = "not_read", "not read"
 
 
-def fingerprint_file(path: str, hash_size: int, haystack_by_digest: Mapping[bytes, Fingerprint],
+def fingerprint_file(file: FoundFile, hash_size: int, haystack_by_digest: Mapping[bytes, Fingerprint],
                      want_digest: bool, cached: Fingerprint | None = None) -> tuple[Fingerprint, Source]:
     """Read one file and hash it, unless a haystack file with the same bytes is known; say
     which it did. The digest of the bytes is taken only when wanted (a file of the other
-    tree has the same size); a cached fingerprint that lacks it only gets it. Never raises
-    for a bad file."""
+    tree has the same size); a cached fingerprint that lacks it only gets it. A video is
+    never decoded: it is read for its digest, or not at all. Never raises for a bad file."""
+    if file.size == 0:  # two empty files are the same bytes, and hold no photo
+        return Fingerprint(b"", reason="empty file (0 bytes)"), Source.NOT_READ
+    if file.kind not in HASHED_KINDS and not want_digest:
+        return Fingerprint(b""), Source.SIZE_ONLY
     try:
-        with open(path, "rb") as file:
-            data = file.read()
+        with open(file.path, "rb") as stream:
+            if file.kind not in HASHED_KINDS:  # in blocks: a video may be larger than the memory
+                return Fingerprint(hashlib.file_digest(stream, "sha256").digest()), Source.DIGEST_ONLY
+            data = stream.read()
     except OSError as err:
         return Fingerprint(b"", reason=describe_os_error(err)), Source.NOT_READ
     digest = hashlib.sha256(data).digest() if want_digest else b""  # 2 ms for a 12-megapixel JPEG
@@ -399,7 +564,7 @@ def fingerprint_file(path: str, hash_size: int, haystack_by_digest: Mapping[byte
     if digest in haystack_by_digest:
         return haystack_by_digest[digest], Source.BYTE_COPY
     try:
-        fingerprint = fingerprint_pixels(decode_image(data), hash_size)
+        fingerprint = fingerprint_pixels(decode_image(data, os.path.splitext(file.path)[1]), hash_size)
     except UnreadableImage as err:
         return Fingerprint(digest, reason=str(err)), Source.DECODED
     except Exception as err:  # one strange file must not end a run over thousands
@@ -507,10 +672,10 @@ class HashCache:
         self.db, self.pending = None, []
 
     @staticmethod
-    def _key(image: ImageFile) -> bytes:
+    def _key(image: FoundFile) -> bytes:
         return os.fsencode(os.path.abspath(image.path))  # bytes: file names need not be valid text
 
-    def lookup(self, image: ImageFile) -> Fingerprint | None:
+    def lookup(self, image: FoundFile) -> Fingerprint | None:
         if self.db is None:
             return None
         try:
@@ -526,7 +691,7 @@ class HashCache:
         return Fingerprint(digest, tuple(int(h, 16) for h in hashes.split()) if hashes else (),
                            bool(low_detail), signature, reason)
 
-    def store(self, image: ImageFile, fingerprint: Fingerprint) -> None:
+    def store(self, image: FoundFile, fingerprint: Fingerprint) -> None:
         if self.db is None:
             return
         hashes = " ".join(format_hash(h, self.hash_size) for h in fingerprint.hashes) or None
@@ -592,7 +757,7 @@ def no_progress(description: str, total: int | None, unit: str) -> AbstractConte
 
 
 def fingerprint_all(
-    images: Sequence[ImageFile],
+    files: Sequence[FoundFile],
     hash_size: int,
     jobs: int,
     cache: HashCache | None = None,
@@ -600,29 +765,28 @@ def fingerprint_all(
     haystack_by_digest: Mapping[bytes, Fingerprint] = {},
     on_done: Callable[[int], object] = lambda n: None,
 ) -> tuple[tuple[Fingerprint, ...], Counter[Source]]:
-    """Fingerprints of the images, in order, and how many came from each Source. Files of a
+    """Fingerprints of the files, in order, and how many came from each Source. Files of a
     size in sizes_to_digest get the digest of their bytes. Decodes on `jobs` threads: OpenCV
     releases the GIL meanwhile."""
     fingerprints: list[Fingerprint | None] = []
     todo: list[tuple[int, Fingerprint | None]] = []  # and what the cache has of it, lacking the digest
-    for i, image in enumerate(images):
-        hit = cache.lookup(image) if cache else None
-        complete = hit is not None and (hit.digest or image.size not in sizes_to_digest or hit.reason is not None)
+    for i, file in enumerate(files):
+        hit = cache.lookup(file) if cache else None
+        complete = hit is not None and (hit.digest or file.size not in sizes_to_digest)
         fingerprints.append(hit if complete else None)
         if not complete:
             todo.append((i, hit))
-    sources = Counter({Source.FROM_CACHE: len(images) - len(todo)})
+    sources = Counter({Source.FROM_CACHE: len(files) - len(todo)})
     on_done(sources[Source.FROM_CACHE])
     executor = ThreadPoolExecutor(max_workers=jobs)
     try:
         work = executor.map(lambda item: fingerprint_file(
-            images[item[0]].path, hash_size, haystack_by_digest, images[item[0]].size in sizes_to_digest, item[1]),
-            todo)
+            files[item[0]], hash_size, haystack_by_digest, files[item[0]].size in sizes_to_digest, item[1]), todo)
         for (i, _), (fingerprint, source) in zip(todo, work):
             fingerprints[i] = fingerprint
             sources[source] += 1
-            if cache and source != Source.NOT_READ:
-                cache.store(images[i], fingerprint)
+            if cache and source not in (Source.NOT_READ, Source.SIZE_ONLY):
+                cache.store(files[i], fingerprint)
             on_done(1)
     finally:
         # On Ctrl-C, drop the queued files instead of waiting for them, and keep what is done.
@@ -644,13 +808,13 @@ class Tree:
 
     @property
     def hashed(self) -> int:
-        return sum(fingerprint.reason is None for fingerprint in self.fingerprints)
+        return sum(bool(fingerprint.hashes) for fingerprint in self.fingerprints)
 
     @property
     def unreadable(self) -> list[Unreadable]:
         """What the walk could not read and the files that could not be hashed."""
-        failed = [Unreadable(image.rel, fingerprint.reason)
-                  for image, fingerprint in zip(self.scan.images, self.fingerprints) if fingerprint.reason is not None]
+        failed = [Unreadable(file.rel, fingerprint.reason, file.kind)
+                  for file, fingerprint in zip(self.scan.files, self.fingerprints) if fingerprint.reason is not None]
         return sorted([*self.scan.unreadable, *failed], key=lambda problem: problem.rel)
 
 
@@ -827,23 +991,33 @@ def signature_similarity(needle: bytes, haystack: bytes, orientation: int = 0) -
 
 class NeedleStatus(Status):
     MATCHED = "matched", "matched"
-    MISSING = "missing", "missing"
+    MISSING = "missing", "not found"
     LOW_DETAIL = "low_detail", "low detail"
     UNREADABLE = "unreadable", "unreadable"
-    UNSUPPORTED = "unsupported", "unsupported"
+    NOT_COMPARED = "not_compared", "not compared"  # sidecars, system files, any other file
+
+
+class Method(Status):
+    """How a needle matched."""
+
+    BYTE_IDENTICAL = "byte_identical", "byte-identical"
+    SAME_HASH = "same_hash", "same hash"
+    WITHIN_DISTANCE = "within_distance", "within distance"
 
 
 @dataclass(frozen=True, slots=True)
 class Match:
-    path: str  # the haystack image, relative to the haystack
-    distance: int
-    orientation: int  # index into ORIENTATIONS: how the needle was turned to match
-    similarity: float | None  # of the signatures; exact matches are not compared
+    path: str  # the haystack file, relative to the haystack
+    method: Method
+    distance: int = 0
+    orientation: int = 0  # index into ORIENTATIONS: how the needle was turned to match
+    similarity: float | None = None  # of the signatures, for a match within a distance
 
 
 @dataclass(frozen=True, slots=True)
 class NeedleResult:
     rel: str
+    kind: Kind
     status: NeedleStatus
     hash: int | None = None
     match: Match | None = None
@@ -854,56 +1028,82 @@ class NeedleResult:
         return posixpath.dirname(self.rel) or "."
 
 
+def find_byte_copies(haystack: Tree, needles: Tree) -> dict[int, Match]:
+    """Needle position -> a haystack file with the same bytes, whatever their type or content.
+    The same file (same device and inode, through any path or link) is not a copy of itself."""
+    by_digest: dict[bytes, list[int]] = defaultdict(list)
+    for i, fingerprint in enumerate(haystack.fingerprints):
+        if fingerprint.digest:
+            by_digest[fingerprint.digest].append(i)
+    found = {}
+    for n, (file, fingerprint) in enumerate(zip(needles.scan.files, needles.fingerprints)):
+        copy = next((i for i in by_digest.get(fingerprint.digest, ()) if fingerprint.digest
+                     and haystack.scan.files[i].identity != file.identity), None)
+        if copy is not None:
+            found[n] = Match(haystack.scan.files[copy].rel, Method.BYTE_IDENTICAL)
+    return found
+
+
 def find_matches(haystack: Tree, needles: Tree, settings: Settings) -> dict[int, Match]:
-    """Needle position -> its best match in the haystack: the nearest, as is before turned. A
-    match above distance 0 counts only when the signatures confirm it. Low-detail images never
-    match: a blank frame matching another says nothing about whether a photo was imported."""
+    """Needle position -> its best perceptual match in the haystack: the nearest, as is before
+    turned. A match above distance 0 counts only when the signatures confirm it. Low-detail
+    images never match: a blank frame matching another says nothing about whether a photo
+    was imported. A file never matches itself."""
     hay, needle_prints = haystack.fingerprints, needles.fingerprints
     usable = [i for i, fingerprint in enumerate(hay) if fingerprint.hashes and not fingerprint.low_detail]
     orientations = range(len(ORIENTATIONS) if settings.rotations else 1)
     queries = [(n, k) for n, fingerprint in enumerate(needle_prints)
                if fingerprint.hashes and not fingerprint.low_detail for k in orientations]
+
+    def other_file(n: int, i: int) -> bool:
+        return haystack.scan.files[i].identity != needles.scan.files[n].identity
+
     found: dict[int, Match] = {}
     if settings.distance == 0:  # a dictionary: no index to build, no numpy to import on a cached run
-        first_with: dict[int, int] = {}
+        with_hash: dict[int, list[int]] = defaultdict(list)
         for i in usable:
-            first_with.setdefault(hay[i].hash, i)
+            with_hash[hay[i].hash].append(i)
         for n, k in queries:
-            if n not in found and needle_prints[n].hashes[k] in first_with:
-                found[n] = Match(haystack.scan.images[first_with[needle_prints[n].hashes[k]]].rel, 0, k, None)
+            i = next((i for i in with_hash.get(needle_prints[n].hashes[k], ()) if other_file(n, i)), None)
+            if n not in found and i is not None:
+                found[n] = Match(haystack.scan.files[i].rel, Method.SAME_HASH, 0, k)
         return found
     index = HammingIndex([hay[i].hash for i in usable], settings.hash_size ** 2)
     searched = index.search([needle_prints[n].hashes[k] for n, k in queries], settings.distance)
     for (n, k), candidates in zip(queries, searched):
         for position, bits_apart in candidates:  # nearest first
             i = usable[position]
+            if not other_file(n, i):
+                continue
             similarity = None if bits_apart == 0 else signature_similarity(
                 needle_prints[n].signature, hay[i].signature, k)
             if similarity is None or similarity >= CONFIRM_MIN_SIMILARITY:
                 if n not in found or (bits_apart, k) < (found[n].distance, found[n].orientation):
-                    found[n] = Match(haystack.scan.images[i].rel, bits_apart, k, similarity)
+                    method = Method.SAME_HASH if bits_apart == 0 else Method.WITHIN_DISTANCE
+                    found[n] = Match(haystack.scan.files[i].rel, method, bits_apart, k, similarity)
                 break
     return found
 
 
 def match_needles(haystack: Tree, needles: Tree, settings: Settings) -> list[NeedleResult]:
-    """Every needle file with its status, sorted by path: matched, missing, or why it could
-    not be compared."""
+    """Every needle file with its status, sorted by path: matched (byte for byte first, then
+    by picture), not found, or why it was not compared."""
+    byte_copies = find_byte_copies(haystack, needles)
     matches = find_matches(haystack, needles, settings)
-    results = [NeedleResult(rel, NeedleStatus.UNSUPPORTED, reason="format OpenCV cannot read")
-               for rel in needles.scan.unsupported]
-    results += [NeedleResult(problem.rel, NeedleStatus.UNREADABLE, reason=problem.reason)
-                for problem in needles.scan.unreadable]
-    for n, (image, fingerprint) in enumerate(zip(needles.scan.images, needles.fingerprints)):
-        if fingerprint.reason is not None:
-            results.append(NeedleResult(image.rel, NeedleStatus.UNREADABLE, reason=fingerprint.reason))
+    results = [NeedleResult(problem.rel, problem.kind, NeedleStatus.UNREADABLE, reason=problem.reason)
+               for problem in needles.scan.unreadable]
+    results += [NeedleResult(file.rel, file.kind, NeedleStatus.NOT_COMPARED) for file in needles.scan.not_compared]
+    for n, (file, fingerprint) in enumerate(zip(needles.scan.files, needles.fingerprints)):
+        match = byte_copies.get(n) or matches.get(n)
+        if match is not None:
+            results.append(NeedleResult(file.rel, file.kind, NeedleStatus.MATCHED, fingerprint.hash, match))
+        elif fingerprint.reason is not None:
+            results.append(NeedleResult(file.rel, file.kind, NeedleStatus.UNREADABLE, reason=fingerprint.reason))
         elif fingerprint.low_detail:
-            results.append(NeedleResult(image.rel, NeedleStatus.LOW_DETAIL, fingerprint.hash,
+            results.append(NeedleResult(file.rel, file.kind, NeedleStatus.LOW_DETAIL, fingerprint.hash,
                                         reason="too little detail to tell"))
-        elif n in matches:
-            results.append(NeedleResult(image.rel, NeedleStatus.MATCHED, fingerprint.hash, matches[n]))
         else:
-            results.append(NeedleResult(image.rel, NeedleStatus.MISSING, fingerprint.hash))
+            results.append(NeedleResult(file.rel, file.kind, NeedleStatus.MISSING, fingerprint.hash))
     results.sort(key=lambda result: result.rel)
     return results
 
@@ -912,71 +1112,123 @@ class Verdict(Status):
     NOT_IN = "not_in_haystack", "not in the haystack"
     PARTLY_IN = "partly_in_haystack", "partly in the haystack"
     IN = "in_haystack", "in the haystack"
+    NOTHING_COMPARED = "nothing_compared", "nothing to compare"
 
 
 @dataclass(frozen=True, slots=True)
 class FolderVerdict:
-    """A needle folder: in the haystack only when every image in it matched."""
+    """A needle folder: in the haystack only when every photo, RAW file and video in it matched."""
 
     folder: str
-    images: int
-    matched: int
-    unmatched: Mapping[NeedleStatus, int]  # the other images, by status
+    counts: Mapping[tuple[Kind, NeedleStatus], int]  # its files, by kind and status
+
+    @property
+    def compared(self) -> int:
+        """Its photos, RAW files and videos, and anything that could not be read."""
+        return sum(n for (_, status), n in self.counts.items() if status != NeedleStatus.NOT_COMPARED)
+
+    @property
+    def matched(self) -> int:
+        return sum(n for (_, status), n in self.counts.items() if status == NeedleStatus.MATCHED)
+
+    @property
+    def not_compared(self) -> int:
+        return sum(n for (_, status), n in self.counts.items() if status == NeedleStatus.NOT_COMPARED)
 
     @property
     def verdict(self) -> Verdict:
-        return Verdict.IN if self.matched == self.images else Verdict.PARTLY_IN if self.matched else Verdict.NOT_IN
+        if not self.compared:
+            return Verdict.NOTHING_COMPARED
+        return Verdict.IN if self.matched == self.compared else Verdict.PARTLY_IN if self.matched else Verdict.NOT_IN
 
 
 def folder_verdicts(results: Sequence[NeedleResult]) -> list[FolderVerdict]:
-    by_folder: dict[str, Counter[NeedleStatus]] = defaultdict(Counter)
+    by_folder: dict[str, Counter[tuple[Kind, NeedleStatus]]] = defaultdict(Counter)
     for result in results:
-        by_folder[result.folder][result.status] += 1
-    return [
-        FolderVerdict(folder, sum(counts.values()), counts[NeedleStatus.MATCHED],
-                      {status: n for status, n in sorted(counts.items()) if status != NeedleStatus.MATCHED})
-        for folder, counts in sorted(by_folder.items())
-    ]
+        by_folder[result.folder][result.kind, result.status] += 1
+    return [FolderVerdict(folder, dict(sorted(counts.items()))) for folder, counts in sorted(by_folder.items())]
 
 
 # ---------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------
 
+# The haystack's unreadable files are named in the summary even without --verbose, since a
+# library file that could not be read makes its copies in the backup look missing.
+SUMMARY_UNREADABLE_SHOWN = 10
+
+
 def render_text(result: RunResult, list_missing: bool = False) -> str:
-    """The report for a person: the folders not or partly in the haystack, then the count of
-    those in it; with list_missing, the unmatched images under each folder."""
+    """The report for a person: the folders not or partly in the haystack, those with nothing
+    to compare, then the count of those in it; with list_missing, the files that did not
+    match under each folder."""
     folders = result.folders
-    if not folders:
-        return "No images found in the needles folder.\n"
+    if not any(folder.compared for folder in folders):
+        not_compared = sum(folder.not_compared for folder in folders)
+        return ("No photos or videos found in the needles folder"
+                + (f" ({_count(not_compared, 'other file')} not compared)" if not_compared else "") + ".\n")
     unmatched_by_folder: dict[str, list[NeedleResult]] = defaultdict(list)
     for needle in result.results:
         if needle.status != NeedleStatus.MATCHED:
             unmatched_by_folder[needle.folder].append(needle)
     width = max(len(folder.folder) for folder in folders)
     lines = []
-    for title, verdict in (("Not in the haystack", Verdict.NOT_IN), ("Partly in the haystack", Verdict.PARTLY_IN)):
+    for title, verdict in (("Not in the haystack", Verdict.NOT_IN), ("Partly in the haystack", Verdict.PARTLY_IN),
+                           ("Nothing to compare", Verdict.NOTHING_COMPARED)):
         group = [folder for folder in folders if folder.verdict == verdict]
         if not group:
             continue
         lines.append(f"{title} ({_count(len(group), 'folder')}):")
         for folder in group:
-            extra = ", ".join(f"{n} {status.label}" for status, n in folder.unmatched.items()
-                              if status != NeedleStatus.MISSING)
-            line = f"  {folder.folder:<{width}}  {folder.matched} of {_count(folder.images, 'image')} matched"
-            lines.append(line + (f" ({extra})" if extra else ""))
+            lines.append(f"  {folder.folder:<{width}}  {folder_line(folder)}")
             if list_missing:
                 for needle in unmatched_by_folder[folder.folder]:
-                    note = "" if needle.status == NeedleStatus.MISSING else f"  ({needle.status.label}: {needle.reason})"
-                    lines.append(f"      {posixpath.basename(needle.rel) or '(the folder itself)'}{note}")
+                    note = "" if needle.status == NeedleStatus.MISSING else f"  ({needle_note(needle)})"
+                    lines.append(f"      {posixpath.basename(needle.rel.rstrip('/')) or '(the folder itself)'}{note}")
     done = [folder for folder in folders if folder.verdict == Verdict.IN]
-    images_done = sum(folder.images for folder in done)
+    files_done = _count(sum(folder.compared for folder in done), _noun({
+        kind for folder in done for (kind, status) in folder.counts if status != NeedleStatus.NOT_COMPARED}))
     if len(done) == len(folders):
-        lines.append(f"Every needle folder is in the haystack: {_count(len(done), 'folder')}, "
-                     f"{_count(images_done, 'image')}.")
+        lines.append(f"Every needle folder is in the haystack: {_count(len(done), 'folder')}, {files_done}.")
     else:
-        lines.append(f"In the haystack: {_count(len(done), 'folder')}, {_count(images_done, 'image')}.")
+        lines.append(f"In the haystack: {_count(len(done), 'folder')}, {files_done}.")
     return "\n".join(lines) + "\n"
+
+
+def folder_line(folder: FolderVerdict) -> str:
+    """'3 of 5 images matched (1 unreadable), 2 other files not compared', and the like: what
+    matched, what it holds by kind when that is more than photos, why the rest did not."""
+    kinds: Counter[Kind] = Counter()
+    troubles: Counter[NeedleStatus] = Counter()
+    for (kind, status), n in folder.counts.items():
+        if status != NeedleStatus.NOT_COMPARED:
+            kinds[kind] += n
+            if status not in (NeedleStatus.MATCHED, NeedleStatus.MISSING):
+                troubles[status] += n
+    details = []
+    if set(kinds) - {Kind.PHOTO} and len(kinds) > 1:
+        details.append(", ".join(_count(n, kind.label) for kind, n in sorted(kinds.items())))
+    if troubles:
+        details.append(", ".join(f"{n} {status.label}" for status, n in sorted(troubles.items())))
+    line = f"{folder.matched} of {_count(folder.compared, _noun(set(kinds)))} matched" if kinds else ""
+    if details:
+        line += f" ({'; '.join(details)})"
+    if folder.not_compared:
+        line += (", " if line else "") + f"{_count(folder.not_compared, 'other file')} not compared"
+    return line
+
+
+def _noun(kinds: set[Kind]) -> str:
+    """What to call a set of files: images when they are photos and RAW files."""
+    if kinds <= {Kind.PHOTO, Kind.RAW}:
+        return "image"
+    return "video" if kinds == {Kind.VIDEO} else "file"
+
+
+def needle_note(needle: NeedleResult) -> str:
+    if needle.status == NeedleStatus.NOT_COMPARED:
+        return f"{needle.kind.label}, not compared"
+    return f"{needle.status.label}: {needle.reason}"
 
 
 def _count(n: int, noun: str) -> str:
@@ -984,15 +1236,21 @@ def _count(n: int, noun: str) -> str:
 
 
 def render_summary(result: RunResult, verbose: bool = False) -> str:
-    """What each tree took, for stderr; with verbose, every unreadable file and its reason."""
+    """What each tree held and took, for stderr; the haystack's unreadable files (all of both
+    trees' with verbose), since they make their copies among the needles look missing."""
     lines = []
     for tree in (result.haystack, result.needles):
         how = ", ".join(f"{n} {source.label}" for source, n in tree.sources.items() if n)
-        lines.append(f"{tree.name}: {_count(tree.hashed, 'image')} hashed, {len(tree.unreadable)} unreadable, "
-                     f"{len(tree.scan.unsupported)} unsupported, in {tree.seconds:.1f} s"
-                     + (f" ({how})" if how else ""))
-        if verbose:
-            lines += [f"  unreadable: {problem.rel}: {problem.reason}" for problem in tree.unreadable]
+        videos = sum(file.kind == Kind.VIDEO for file in tree.scan.files)
+        held = [_count(tree.hashed, "image") + " hashed"] + ([_count(videos, "video")] if videos else [])
+        held.append(f"{len(tree.unreadable)} unreadable")
+        if tree.scan.not_compared:
+            held.append(f"{_count(len(tree.scan.not_compared), 'other file')} not compared")
+        lines.append(f"{tree.name}: {', '.join(held)}, in {tree.seconds:.1f} s" + (f" ({how})" if how else ""))
+        shown = tree.unreadable if verbose else tree.unreadable[:SUMMARY_UNREADABLE_SHOWN] if tree is result.haystack else []
+        lines += [f"  unreadable: {problem.rel}: {problem.reason}" for problem in shown]
+        if len(shown) < len(tree.unreadable) and tree is result.haystack:
+            lines.append(f"  ... and {len(tree.unreadable) - len(shown)} more (--verbose lists them all)")
     if result.pruned is not None:
         lines.append(f"cache: forgot {_count(result.pruned, 'record')} of files that are gone")
     return "".join(line + "\n" for line in lines)
@@ -1010,21 +1268,22 @@ def render_json(result: RunResult) -> str:
         "totals": result.totals(),
         "trees": {
             tree.name: {"hashed": tree.hashed, "unreadable": len(tree.unreadable),
-                        "unsupported": len(tree.scan.unsupported),
+                        "by_kind": dict(Counter(file.kind for file in tree.scan.files)),
+                        "not_compared": len(tree.scan.not_compared),
                         **{source: tree.sources.get(source, 0) for source in Source},
                         "seconds": round(tree.seconds, 3)}
             for tree in (result.haystack, result.needles)
         },
         "folders": [
-            {"folder": folder.folder, "verdict": folder.verdict, "images": folder.images, "matched": folder.matched,
-             "unmatched": dict(folder.unmatched)}
+            {"folder": folder.folder, "verdict": folder.verdict, "compared": folder.compared,
+             "matched": folder.matched, "not_compared": folder.not_compared, "by_kind": _by_kind(folder.counts)}
             for folder in result.folders
         ],
         "needles": [
-            {"path": needle.rel, "folder": needle.folder, "status": needle.status,
+            {"path": needle.rel, "folder": needle.folder, "kind": needle.kind, "status": needle.status,
              "hash": None if needle.hash is None else format_hash(needle.hash, settings.hash_size),
              "match": None if needle.match is None else {
-                 "path": needle.match.path, "distance": needle.match.distance,
+                 "path": needle.match.path, "method": needle.match.method, "distance": needle.match.distance,
                  "orientation": ORIENTATIONS[needle.match.orientation],
                  "similarity": None if needle.match.similarity is None else round(needle.match.similarity, 3)},
              "reason": needle.reason}
@@ -1037,6 +1296,13 @@ def render_json(result: RunResult) -> str:
         "elapsed_seconds": round(result.elapsed, 3),
     }
     return json.dumps(document, indent=2) + "\n"
+
+
+def _by_kind(counts: Mapping[tuple[Kind, NeedleStatus], int]) -> dict[str, dict[str, int]]:
+    nested: dict[str, dict[str, int]] = defaultdict(dict)
+    for (kind, status), n in counts.items():
+        nested[kind][status] = n
+    return dict(nested)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1104,8 +1370,9 @@ class RunResult:
         statuses = Counter(needle.status for needle in self.results)
         verdicts = Counter(folder.verdict for folder in self.folders)
         return {
+            "haystack_files": len(self.haystack.scan.files),
             "haystack_images": self.haystack.hashed,
-            "needle_images": len(self.results),
+            "needle_files": len(self.results),
             **{f"needles_{status}": statuses[status] for status in NeedleStatus},
             "needle_folders": len(self.folders),
             **{f"folders_{verdict}": verdicts[verdict] for verdict in Verdict},
@@ -1113,7 +1380,9 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        matched = all(needle.status == NeedleStatus.MATCHED for needle in self.results)
+        """0 only when there was something to compare and all of it matched."""
+        compared = [needle for needle in self.results if needle.status != NeedleStatus.NOT_COMPARED]
+        matched = compared and all(needle.status == NeedleStatus.MATCHED for needle in compared)
         return EXIT_ALL_MATCHED if matched else EXIT_SOME_UNMATCHED
 
 
@@ -1151,35 +1420,43 @@ def run(haystack: str | os.PathLike[str], needles: str | os.PathLike[str], setti
     roots = {"--haystack": haystack_root, "--needles": needles_root}
     for option, root in roots.items():
         check_folder(root, option)
+    identities = {name: folder_identity(root) for name, root in (("haystack", haystack_root), ("needles", needles_root))}
+    if identities["haystack"] == identities["needles"]:
+        raise FatalError(f"--haystack {haystack_root} and --needles {needles_root} are the same folder")
+    # The needles are never part of the haystack, nor the other way round: each walk leaves
+    # the other root out, wherever it lies, so that no backup is matched with itself.
+    for inner, outer in (("needles", "haystack"), ("haystack", "needles")):
+        if Path(os.path.realpath(roots[f"--{inner}"])).is_relative_to(os.path.realpath(roots[f"--{outer}"])):
+            warn(f"the {inner} folder {roots[f'--{inner}']} is inside the {outer} folder: "
+                 f"left out of the {outer}")
     started = time.perf_counter()
     scans: dict[str, tuple[Scan, float]] = {}
     for name, root in (("haystack", haystack_root), ("needles", needles_root)):
         found_at = time.perf_counter()
+        other = identities["needles" if name == "haystack" else "haystack"]
         with progress(f"finding {name}", None, "file") as bar:
-            scans[name] = find_images(root, on_found=bar.update), time.perf_counter() - found_at
+            scans[name] = find_files(root, {other}, bar.update), time.perf_counter() - found_at
     cache = open_cache(settings, roots, warn)
 
     def hash_tree(name: str, sizes_to_digest: Container[int], haystack_by_digest: Mapping[bytes, Fingerprint]) -> Tree:
         scan, seconds = scans[name]
         hashed_at = time.perf_counter()
-        with progress(f"hashing {name}", len(scan.images), "img") as bar:
-            fingerprints, sources = fingerprint_all(scan.images, settings.hash_size, settings.jobs, cache,
+        with progress(f"hashing {name}", len(scan.files), "file") as bar:
+            fingerprints, sources = fingerprint_all(scan.files, settings.hash_size, settings.jobs, cache,
                                                     sizes_to_digest, haystack_by_digest, bar.update)
         return Tree(name, scan, fingerprints, sources, seconds + time.perf_counter() - hashed_at)
 
     try:
         # Size first, as fclones does: only a file whose size occurs in the other tree can be a
         # byte copy, so only such files get the digest of their bytes.
-        haystack_tree = hash_tree("haystack", {image.size for image in scans["needles"][0].images}, {})
-        needles_tree = hash_tree("needles", {image.size for image in haystack_tree.scan.images},
+        haystack_tree = hash_tree("haystack", {file.size for file in scans["needles"][0].files}, {})
+        needles_tree = hash_tree("needles", {file.size for file in haystack_tree.scan.files},
                                  {fp.digest: fp for fp in haystack_tree.fingerprints if fp.digest})
         pruned = cache.prune() if cache and settings.prune_cache else None
     finally:
         if cache:
             cache.close()
     results = match_needles(haystack_tree, needles_tree, settings)
-    if not results:
-        warn(f"no images found under {needles_root}")
     return RunResult(settings, haystack_root, needles_root, haystack_tree, needles_tree, tuple(results),
                      None if cache is None else cache.path, pruned, time.perf_counter() - started)
 
