@@ -131,6 +131,8 @@ HASHED_KINDS = frozenset({Kind.PHOTO, Kind.RAW})
 
 
 def file_kind(name: str) -> Kind:
+    if name.lower() in SYSTEM_FILE_NAMES or name.startswith("._"):  # ._*: macOS AppleDouble, even ._IMG.jpg
+        return Kind.SYSTEM
     extension = os.path.splitext(name)[1].lower()
     if extension in OPENCV_EXTENSIONS or extension in HEIF_EXTENSIONS or extension in PILLOW_EXTENSIONS:
         return Kind.PHOTO
@@ -140,8 +142,6 @@ def file_kind(name: str) -> Kind:
         return Kind.VIDEO
     if extension in SIDECAR_EXTENSIONS:
         return Kind.SIDECAR
-    if name.lower() in SYSTEM_FILE_NAMES or name.startswith("._"):  # ._*: macOS AppleDouble
-        return Kind.SYSTEM
     return Kind.OTHER
 
 
