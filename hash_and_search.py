@@ -32,6 +32,8 @@ Library use: `run`, `Settings`, `RunResult` and the renderers are the stable sur
 from __future__ import annotations
 
 import argparse
+import contextlib
+import csv
 import dataclasses
 import enum
 import functools
@@ -42,6 +44,7 @@ import json
 import math
 import os
 import posixpath
+import shutil
 import sqlite3
 import stat
 import sys
@@ -1020,68 +1023,74 @@ class NeedleResult:
     kind: Kind
     status: NeedleStatus
     hash: int | None = None
-    match: Match | None = None
+    matches: tuple[Match, ...] = ()  # best first; every copy only when Settings.all_matches
     reason: str | None = None
 
     @property
     def folder(self) -> str:
         return posixpath.dirname(self.rel) or "."
 
+    @property
+    def match(self) -> Match | None:
+        return self.matches[0] if self.matches else None
 
-def find_byte_copies(haystack: Tree, needles: Tree) -> dict[int, Match]:
-    """Needle position -> a haystack file with the same bytes, whatever their type or content.
-    The same file (same device and inode, through any path or link) is not a copy of itself."""
+
+def find_byte_copies(haystack: Tree, needles: Tree) -> dict[int, list[Match]]:
+    """Needle position -> the haystack files with the same bytes, whatever they hold. The same
+    file (same device and inode, through any path or link) is not a copy of itself."""
     by_digest: dict[bytes, list[int]] = defaultdict(list)
     for i, fingerprint in enumerate(haystack.fingerprints):
         if fingerprint.digest:
             by_digest[fingerprint.digest].append(i)
     found = {}
     for n, (file, fingerprint) in enumerate(zip(needles.scan.files, needles.fingerprints)):
-        copy = next((i for i in by_digest.get(fingerprint.digest, ()) if fingerprint.digest
-                     and haystack.scan.files[i].identity != file.identity), None)
-        if copy is not None:
-            found[n] = Match(haystack.scan.files[copy].rel, Method.BYTE_IDENTICAL)
+        copies = [Match(haystack.scan.files[i].rel, Method.BYTE_IDENTICAL)
+                  for i in by_digest.get(fingerprint.digest, ()) if haystack.scan.files[i].identity != file.identity]
+        if fingerprint.digest and copies:
+            found[n] = copies
     return found
 
 
-def find_matches(haystack: Tree, needles: Tree, settings: Settings) -> dict[int, Match]:
-    """Needle position -> its best perceptual match in the haystack: the nearest, as is before
-    turned. A match above distance 0 counts only when the signatures confirm it. Low-detail
-    images never match: a blank frame matching another says nothing about whether a photo
-    was imported. A file never matches itself."""
+def find_candidates(haystack: Tree, needles: Tree, settings: Settings) -> dict[int, list[tuple[int, int, int]]]:
+    """Needle position -> (bits apart, orientation, haystack position) of every haystack image
+    whose hash is within the distance of the needle's in one of the orientations tried,
+    nearest first, as is before turned. Low-detail images have none; a file is never a
+    candidate for itself."""
     hay, needle_prints = haystack.fingerprints, needles.fingerprints
     usable = [i for i, fingerprint in enumerate(hay) if fingerprint.hashes and not fingerprint.low_detail]
     orientations = range(len(ORIENTATIONS) if settings.rotations else 1)
     queries = [(n, k) for n, fingerprint in enumerate(needle_prints)
                if fingerprint.hashes and not fingerprint.low_detail for k in orientations]
-
-    def other_file(n: int, i: int) -> bool:
-        return haystack.scan.files[i].identity != needles.scan.files[n].identity
-
-    found: dict[int, Match] = {}
     if settings.distance == 0:  # a dictionary: no index to build, no numpy to import on a cached run
         with_hash: dict[int, list[int]] = defaultdict(list)
         for i in usable:
             with_hash[hay[i].hash].append(i)
-        for n, k in queries:
-            i = next((i for i in with_hash.get(needle_prints[n].hashes[k], ()) if other_file(n, i)), None)
-            if n not in found and i is not None:
-                found[n] = Match(haystack.scan.files[i].rel, Method.SAME_HASH, 0, k)
-        return found
-    index = HammingIndex([hay[i].hash for i in usable], settings.hash_size ** 2)
-    searched = index.search([needle_prints[n].hashes[k] for n, k in queries], settings.distance)
-    for (n, k), candidates in zip(queries, searched):
-        for position, bits_apart in candidates:  # nearest first
-            i = usable[position]
-            if not other_file(n, i):
-                continue
-            similarity = None if bits_apart == 0 else signature_similarity(
-                needle_prints[n].signature, hay[i].signature, k)
+        searched = [[(i, 0) for i in with_hash.get(needle_prints[n].hashes[k], ())] for n, k in queries]
+    else:
+        index = HammingIndex([hay[i].hash for i in usable], settings.hash_size ** 2)
+        searched = [[(usable[position], bits) for position, bits in found] for found in
+                    index.search([needle_prints[n].hashes[k] for n, k in queries], settings.distance)]
+    candidates: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
+    for (n, k), found in zip(queries, searched):
+        candidates[n] += [(bits, k, i) for i, bits in found
+                          if haystack.scan.files[i].identity != needles.scan.files[n].identity]
+    return {n: sorted(found) for n, found in candidates.items() if found}
+
+
+def find_matches(haystack: Tree, needles: Tree, settings: Settings) -> dict[int, list[Match]]:
+    """Needle position -> its confirmed perceptual matches in the haystack, nearest first: the
+    best only, or every one with settings.all_matches. A match above distance 0 counts only
+    when the signatures confirm it."""
+    found: dict[int, list[Match]] = {}
+    for n, candidates in find_candidates(haystack, needles, settings).items():
+        needle = needles.fingerprints[n]
+        for bits, k, i in candidates:
+            similarity = None if bits == 0 else signature_similarity(needle.signature, haystack.fingerprints[i].signature, k)
             if similarity is None or similarity >= CONFIRM_MIN_SIMILARITY:
-                if n not in found or (bits_apart, k) < (found[n].distance, found[n].orientation):
-                    method = Method.SAME_HASH if bits_apart == 0 else Method.WITHIN_DISTANCE
-                    found[n] = Match(haystack.scan.files[i].rel, method, bits_apart, k, similarity)
-                break
+                method = Method.SAME_HASH if bits == 0 else Method.WITHIN_DISTANCE
+                found.setdefault(n, []).append(Match(haystack.scan.files[i].rel, method, bits, k, similarity))
+                if not settings.all_matches:
+                    break
     return found
 
 
@@ -1094,9 +1103,10 @@ def match_needles(haystack: Tree, needles: Tree, settings: Settings) -> list[Nee
                for problem in needles.scan.unreadable]
     results += [NeedleResult(file.rel, file.kind, NeedleStatus.NOT_COMPARED) for file in needles.scan.not_compared]
     for n, (file, fingerprint) in enumerate(zip(needles.scan.files, needles.fingerprints)):
-        match = byte_copies.get(n) or matches.get(n)
-        if match is not None:
-            results.append(NeedleResult(file.rel, file.kind, NeedleStatus.MATCHED, fingerprint.hash, match))
+        copies = byte_copies.get(n, []) + matches.get(n, [])
+        if copies:
+            results.append(NeedleResult(file.rel, file.kind, NeedleStatus.MATCHED, fingerprint.hash,
+                                        tuple(copies if settings.all_matches else copies[:1])))
         elif fingerprint.reason is not None:
             results.append(NeedleResult(file.rel, file.kind, NeedleStatus.UNREADABLE, reason=fingerprint.reason))
         elif fingerprint.low_detail:
@@ -1111,8 +1121,8 @@ def match_needles(haystack: Tree, needles: Tree, settings: Settings) -> list[Nee
 class Verdict(Status):
     NOT_IN = "not_in_haystack", "not in the haystack"
     PARTLY_IN = "partly_in_haystack", "partly in the haystack"
-    IN = "in_haystack", "in the haystack"
     NOTHING_COMPARED = "nothing_compared", "nothing to compare"
+    IN = "in_haystack", "in the haystack"
 
 
 @dataclass(frozen=True, slots=True)
@@ -1158,33 +1168,33 @@ def folder_verdicts(results: Sequence[NeedleResult]) -> list[FolderVerdict]:
 SUMMARY_UNREADABLE_SHOWN = 10
 
 
-def render_text(result: RunResult, list_missing: bool = False) -> str:
-    """The report for a person: the folders not or partly in the haystack, those with nothing
-    to compare, then the count of those in it; with list_missing, the files that did not
-    match under each folder."""
+def render_text(result: RunResult, list_missing: bool = False, list_matched: bool = False) -> str:
+    """The report for a person: every needle folder, one line each, under its verdict (those
+    not in the haystack first, those in it last: the ones that may go), then the bottom line.
+    list_missing adds the files that did not match under each folder; list_matched each file
+    that did, with its copy in the haystack."""
     folders = result.folders
     if not any(folder.compared for folder in folders):
         not_compared = sum(folder.not_compared for folder in folders)
         return ("No photos or videos found in the needles folder"
                 + (f" ({_count(not_compared, 'other file')} not compared)" if not_compared else "") + ".\n")
-    unmatched_by_folder: dict[str, list[NeedleResult]] = defaultdict(list)
+    by_folder: dict[str, list[NeedleResult]] = defaultdict(list)
     for needle in result.results:
-        if needle.status != NeedleStatus.MATCHED:
-            unmatched_by_folder[needle.folder].append(needle)
+        by_folder[needle.folder].append(needle)
     width = max(len(folder.folder) for folder in folders)
     lines = []
-    for title, verdict in (("Not in the haystack", Verdict.NOT_IN), ("Partly in the haystack", Verdict.PARTLY_IN),
-                           ("Nothing to compare", Verdict.NOTHING_COMPARED)):
+    for verdict in (Verdict.NOT_IN, Verdict.PARTLY_IN, Verdict.NOTHING_COMPARED, Verdict.IN):
         group = [folder for folder in folders if folder.verdict == verdict]
-        if not group:
-            continue
-        lines.append(f"{title} ({_count(len(group), 'folder')}):")
+        if group:
+            lines.append(f"{verdict.label[0].upper()}{verdict.label[1:]} ({_count(len(group), 'folder')}):")
         for folder in group:
             lines.append(f"  {folder.folder:<{width}}  {folder_line(folder)}")
-            if list_missing:
-                for needle in unmatched_by_folder[folder.folder]:
+            for needle in by_folder[folder.folder]:
+                if list_matched and needle.match is not None:
+                    lines.append(f"      {_file_name(needle)}  =  {needle.match.path}  ({match_note(needle.match)})")
+                elif list_missing and needle.match is None:
                     note = "" if needle.status == NeedleStatus.MISSING else f"  ({needle_note(needle)})"
-                    lines.append(f"      {posixpath.basename(needle.rel.rstrip('/')) or '(the folder itself)'}{note}")
+                    lines.append(f"      {_file_name(needle)}{note}")
     done = [folder for folder in folders if folder.verdict == Verdict.IN]
     files_done = _count(sum(folder.compared for folder in done), _noun({
         kind for folder in done for (kind, status) in folder.counts if status != NeedleStatus.NOT_COMPARED}))
@@ -1193,6 +1203,18 @@ def render_text(result: RunResult, list_missing: bool = False) -> str:
     else:
         lines.append(f"In the haystack: {_count(len(done), 'folder')}, {files_done}.")
     return "\n".join(lines) + "\n"
+
+
+def _file_name(needle: NeedleResult) -> str:
+    return posixpath.basename(needle.rel.rstrip("/")) or "(the folder itself)"
+
+
+def match_note(match: Match) -> str:
+    """'same hash', 'within distance 3, similarity 0.97, turned 90° clockwise', and the like."""
+    note = match.method.label
+    if match.method == Method.WITHIN_DISTANCE:
+        note += f" {match.distance}, similarity {match.similarity:.2f}"
+    return note + (f", {ORIENTATIONS[match.orientation]}" if match.orientation else "")
 
 
 def folder_line(folder: FolderVerdict) -> str:
@@ -1263,7 +1285,7 @@ def render_json(result: RunResult) -> str:
         "tool": {"name": "hash_and_search", "version": __version__},
         "settings": {"haystack": str(result.haystack_root), "needles": str(result.needles_root),
                      "hash_size": settings.hash_size, "distance": settings.distance,
-                     "rotations": settings.rotations, "jobs": settings.jobs,
+                     "rotations": settings.rotations, "all_matches": settings.all_matches, "jobs": settings.jobs,
                      "cache": None if result.cache_path is None else str(result.cache_path)},
         "totals": result.totals(),
         "trees": {
@@ -1282,10 +1304,8 @@ def render_json(result: RunResult) -> str:
         "needles": [
             {"path": needle.rel, "folder": needle.folder, "kind": needle.kind, "status": needle.status,
              "hash": None if needle.hash is None else format_hash(needle.hash, settings.hash_size),
-             "match": None if needle.match is None else {
-                 "path": needle.match.path, "method": needle.match.method, "distance": needle.match.distance,
-                 "orientation": ORIENTATIONS[needle.match.orientation],
-                 "similarity": None if needle.match.similarity is None else round(needle.match.similarity, 3)},
+             "match": None if needle.match is None else _match_json(needle.match),
+             **({"matches": [_match_json(match) for match in needle.matches]} if settings.all_matches else {}),
              "reason": needle.reason}
             for needle in result.results
         ],
@@ -1298,11 +1318,143 @@ def render_json(result: RunResult) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
+def _match_json(match: Match) -> dict[str, object]:
+    return {"path": match.path, "method": match.method, "distance": match.distance,
+            "orientation": ORIENTATIONS[match.orientation],
+            "similarity": None if match.similarity is None else round(match.similarity, 3)}
+
+
+CSV_COLUMNS = ("needle", "folder", "kind", "status", "match", "method", "distance", "similarity", "orientation",
+               "reason")
+
+
+def render_csv(result: RunResult) -> str:
+    """One row per needle file (per match with Settings.all_matches), names exactly as they
+    are: the csv module quotes what needs it."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for needle in result.results:
+        for match in needle.matches or (None,):
+            writer.writerow((
+                needle.rel, needle.folder, needle.kind, needle.status,
+                *(("", "", "", "", "") if match is None else (
+                    match.path, match.method, match.distance,
+                    "" if match.similarity is None else f"{match.similarity:.3f}", ORIENTATIONS[match.orientation])),
+                needle.reason or ""))
+    return out.getvalue()
+
+
 def _by_kind(counts: Mapping[tuple[Kind, NeedleStatus], int]) -> dict[str, dict[str, int]]:
     nested: dict[str, dict[str, int]] = defaultdict(dict)
     for (kind, status), n in counts.items():
         nested[kind][status] = n
     return dict(nested)
+
+
+# ---------------------------------------------------------------------------------------
+# Act: copy what is missing, for import
+# ---------------------------------------------------------------------------------------
+
+class CopyOutcome(Status):
+    COPIED = "copied", "copied"
+    WOULD_COPY = "would_copy", "would copy"
+    ALREADY_THERE = "already_there", "already there, the same bytes"
+    CONFLICT = "conflict", "left alone: a different file is already there"
+    FAILED = "failed", "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Copied:
+    rel: str  # relative to the needles root and to the target folder alike
+    outcome: CopyOutcome
+    reason: str | None = None
+
+
+COPY_BLOCK = 1 << 20  # bytes read at a time: a video may be larger than the memory
+
+
+def files_to_copy(result: RunResult) -> list[str]:
+    """Every photo, RAW file and video with no match (unreadable ones too: a person should
+    look at them), and the sidecars of those photos (IMG_1.xmp, IMG_1.JPG.xmp, IMG_1.AAE)."""
+    chosen = [needle for needle in result.results if needle.kind in COMPARED_KINDS and needle.match is None]
+    stems = {(needle.folder, stem) for needle in chosen
+             for stem in (posixpath.basename(needle.rel).lower(), posixpath.splitext(posixpath.basename(needle.rel))[0].lower())}
+    sidecars = [needle for needle in result.results if needle.kind == Kind.SIDECAR
+                and (needle.folder, posixpath.splitext(posixpath.basename(needle.rel))[0].lower()) in stems]
+    return sorted(needle.rel for needle in chosen + sidecars)
+
+
+def copy_missing(result: RunResult, target: Path, dry_run: bool = False,
+                 on_copied: Callable[[Copied], object] = lambda copied: None) -> list[Copied]:
+    """Copy files_to_copy(result) from the needles into target, under the same relative paths.
+    Never overwrites: a file already there with the same bytes is skipped, a different one
+    left alone. Each copy is written under a temporary name, checked against the source's
+    digest, keeps the source's timestamps, and only then takes its name. Raises FatalError,
+    before writing anything, for a target inside the haystack or the needles."""
+    check_copy_target(target, result.haystack_root, result.needles_root)
+    outcomes = []
+    for rel in files_to_copy(result):
+        copied = _copy_one(result.needles_root / rel, target / rel, rel, dry_run)
+        on_copied(copied)
+        outcomes.append(copied)
+    return outcomes
+
+
+def check_copy_target(target: Path, haystack: Path, needles: Path) -> None:
+    real_target = Path(os.path.realpath(target))
+    for option, root in (("--haystack", haystack), ("--needles", needles)):
+        if real_target.is_relative_to(os.path.realpath(root)):
+            raise FatalError(f"--copy-missing {target} is inside {option}, which is never written to")
+
+
+def _copy_one(source: Path, destination: Path, rel: str, dry_run: bool) -> Copied:
+    try:
+        if os.path.lexists(destination):
+            same = (destination.is_file() and destination.stat().st_size == source.stat().st_size
+                    and _file_digest(destination) == _file_digest(source))
+            return Copied(rel, CopyOutcome.ALREADY_THERE if same else CopyOutcome.CONFLICT)
+        if dry_run:
+            return Copied(rel, CopyOutcome.WOULD_COPY)
+        destination.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        return Copied(rel, CopyOutcome.FAILED, describe_os_error(err))
+    partial = destination.with_name(f".{destination.name}.hash_and_search-partial")
+    try:
+        digest = hashlib.sha256()
+        with open(source, "rb") as reader, open(partial, "xb") as writer:
+            while block := reader.read(COPY_BLOCK):
+                digest.update(block)
+                writer.write(block)
+            writer.flush()
+            os.fsync(writer.fileno())
+        if _file_digest(partial) != digest.digest():
+            raise OSError("the copy does not read back as the source's bytes")
+        shutil.copystat(source, partial)
+        os.link(partial, destination)  # unlike a rename, never replaces a file that appeared meanwhile
+        return Copied(rel, CopyOutcome.COPIED)
+    except FileExistsError:
+        return Copied(rel, CopyOutcome.CONFLICT)
+    except OSError as err:
+        return Copied(rel, CopyOutcome.FAILED, describe_os_error(err))
+    finally:
+        with contextlib.suppress(OSError):
+            partial.unlink()
+
+
+def _file_digest(path: Path) -> bytes:
+    with open(path, "rb") as stream:
+        return hashlib.file_digest(stream, "sha256").digest()
+
+
+def render_copies(copies: Sequence[Copied], target: Path) -> str:
+    """What --copy-missing did: the totals, then each file that was not simply copied."""
+    counts = Counter(copied.outcome for copied in copies)
+    lines = [f"Copy missing to {target}: " + (", ".join(f"{n} {outcome.label}" for outcome, n in sorted(counts.items()))
+                                               or "nothing to copy")]
+    lines += [f"  {copied.rel}: {copied.outcome.label}" + (f" ({copied.reason})" if copied.reason else "")
+              for copied in copies if copied.outcome not in (CopyOutcome.COPIED, CopyOutcome.ALREADY_THERE)]
+    return "".join(line + "\n" for line in lines)
 
 
 # ---------------------------------------------------------------------------------------
@@ -1323,6 +1475,7 @@ class Settings:
     jobs: int = field(default_factory=lambda: default_jobs())
     cache: Path | None = None  # the SQLite cache file, or None for no cache
     prune_cache: bool = False  # also forget cached files that no longer exist
+    all_matches: bool = False  # every copy of each needle in the haystack, not only the best
 
     def __post_init__(self) -> None:
         if self.hash_size not in HASH_SIZE_RANGE:
@@ -1487,9 +1640,21 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     parser.add_argument("--rotations", action="store_true",
                         help="also try each needle turned by 90, 180 and 270 degrees and mirrored")
     parser.add_argument("--list-missing", action="store_true",
-                        help="also list, under each folder, the needle images with no match")
-    parser.add_argument("--json", action="store_true",
-                        help="write the whole result as one JSON document on stdout")
+                        help="also list, under each folder, the needle files with no match")
+    parser.add_argument("--list-matched", action="store_true",
+                        help="also list, under each folder, each matched needle file with its copy in the haystack")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true",
+                        help="write the whole result as one JSON document on stdout instead of the report")
+    output.add_argument("--csv", action="store_true",
+                        help="write one CSV row per needle file on stdout instead of the report")
+    parser.add_argument("--all-matches", action="store_true",
+                        help="find every copy of each needle in the haystack, not only the best (JSON, CSV, "
+                             "--list-matched)")
+    parser.add_argument("--copy-missing", type=Path, metavar="DIR",
+                        help="after the report, copy every needle photo, RAW file and video with no match (and "
+                             "their sidecars) into DIR, under the same paths; never overwrites")
+    parser.add_argument("--dry-run", action="store_true", help="with --copy-missing: say what would be copied")
     parser.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N",
                         help="images decoded at once (default: all %(default)s cores)")
     cache = parser.add_mutually_exclusive_group()
@@ -1502,9 +1667,12 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary on stderr")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
+    if args.dry_run and not args.copy_missing:
+        parser.error("--dry-run goes with --copy-missing")
     try:
         settings = Settings(args.hash_size, args.distance, args.rotations, args.jobs,
-                            None if args.no_cache else args.cache or default_cache_path(), args.prune_cache)
+                            None if args.no_cache else args.cache or default_cache_path(), args.prune_cache,
+                            args.all_matches)
     except SettingError as err:
         parser.error(f"{OPTION_OF_SETTING[err.name]} {err.problem}")
     return args, settings
@@ -1531,12 +1699,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, settings = parse_args(argv)
     show_progress = not args.quiet and sys.stderr.isatty()
     try:
+        if args.copy_missing:
+            check_copy_target(args.copy_missing, args.haystack, args.needles)
         result = run(args.haystack, args.needles, settings, warn=warn,
                      progress=tqdm_progress if show_progress else no_progress)
         if not args.quiet:
             sys.stderr.write(render_summary(result, args.verbose))
-        sys.stdout.write(render_json(result) if args.json else render_text(result, args.list_missing))
+        sys.stdout.write(render_json(result) if args.json else render_csv(result) if args.csv
+                         else render_text(result, args.list_missing, args.list_matched))
         sys.stdout.flush()
+        exit_code = result.exit_code
+        if args.copy_missing:
+            copies = copy_missing(result, args.copy_missing, args.dry_run)
+            (sys.stderr if args.json or args.csv else sys.stdout).write(render_copies(copies, args.copy_missing))
+            if any(copied.outcome == CopyOutcome.FAILED for copied in copies):
+                exit_code = EXIT_FATAL
     except FatalError as err:
         print(f"hash_and_search: error: {err}", file=sys.stderr)
         return EXIT_FATAL
@@ -1546,7 +1723,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (| head): nothing left to say
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_SOME_UNMATCHED
-    return result.exit_code
+    return exit_code
 
 
 if __name__ == "__main__":
