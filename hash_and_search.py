@@ -1103,7 +1103,8 @@ def match_needles(haystack: Tree, needles: Tree, settings: Settings) -> list[Nee
                for problem in needles.scan.unreadable]
     results += [NeedleResult(file.rel, file.kind, NeedleStatus.NOT_COMPARED) for file in needles.scan.not_compared]
     for n, (file, fingerprint) in enumerate(zip(needles.scan.files, needles.fingerprints)):
-        copies = byte_copies.get(n, []) + matches.get(n, [])
+        identical = byte_copies.get(n, [])
+        copies = identical + [match for match in matches.get(n, []) if match.path not in {m.path for m in identical}]
         if copies:
             results.append(NeedleResult(file.rel, file.kind, NeedleStatus.MATCHED, fingerprint.hash,
                                         tuple(copies if settings.all_matches else copies[:1])))
