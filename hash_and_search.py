@@ -70,24 +70,35 @@ HASH_SIZE_RANGE = range(2, 33)
 EXIT_ALL_MATCHED, EXIT_SOME_UNMATCHED, EXIT_FATAL = 0, 1, 2
 EXIT_INTERRUPTED = 128 + 2  # as a shell reports a process ended by SIGINT
 
-# Which files are what, by extension, matched case-insensitively. The decoder is chosen by
-# extension too (see DECODERS), and OpenCV then picks its own from the file's content.
+# Which files are what, by extension, matched case-insensitively. For photos the decoder is
+# then chosen by content (decoder_for), and OpenCV picks its own from the content too.
 OPENCV_EXTENSIONS = frozenset(
     ".jpg .jpeg .jpe .jfif .jif .png .bmp .dib .tif .tiff .webp .gif .jp2 .j2k .jpf .jpx"
     " .pbm .pgm .ppm .pnm .pxm .pam .sr .ras .hdr .pic .pfm".split())
-HEIF_EXTENSIONS = frozenset(".heic .heif .hif".split())
-PILLOW_EXTENSIONS = frozenset(".avif .jxl".split())  # AVIF: Pillow's own; JPEG XL: pillow-jxl-plugin
+HEIF_EXTENSIONS = frozenset(".heic .heif .hif .avif .avci".split())  # .hif: Canon's and Fujifilm's HEIF
+JPEG_XL_EXTENSIONS = frozenset({".jxl"})
+# Camera RAW: the formats LibRaw 0.22 reads. Content cannot tell them from TIFF (most are TIFF
+# inside), so the extension decides.
 RAW_EXTENSIONS = frozenset(
-    ".dng .cr2 .cr3 .crw .nef .nrw .arw .srf .sr2 .orf .rw2 .raf .pef .srw .x3f .3fr .erf .kdc .dcr"
-    " .mrw .mos .mef .raw .rwl .iiq".split())
+    ".dng .cr2 .cr3 .crw .nef .nrw .arw .srf .sr2 .orf .rw2 .raf .pef .ptx .srw .x3f .3fr .fff .erf"
+    " .kdc .dcr .mrw .mos .mef .raw .rwl .iiq .cap".split())
+# Videos a phone or camera leaves beside its photos: never decoded, compared byte for byte.
 VIDEO_EXTENSIONS = frozenset(
-    ".mov .mp4 .m4v .3gp .3g2 .avi .mkv .mts .m2ts .ts .wmv .asf .webm .mpg .mpeg .m2v .vob .flv .mod"
-    " .tod".split())
-# Files that describe a photo rather than hold one (edits, Live Photo sidecars, thumbnails,
-# GoPro/DJI low-resolution proxies) and files the operating system leaves behind.
-SIDECAR_EXTENSIONS = frozenset(".xmp .aae .json .thm .lrv .pp3 .dop .on1".split())
+    ".mov .mp4 .m4v .3gp .3g2 .avi .mkv .mts .m2ts .m2t .ts .wmv .asf .webm .mpg .mpeg .mpe .m2v"
+    " .vob .mod .tod .dv .flv .f4v .ogv .insv .360 .mxf .braw .r3d .crm".split())
+# Files that describe a photo rather than hold one: edits, metadata, Live Photo adjustments,
+# camera thumbnails, GoPro/DJI low-resolution proxies.
+SIDECAR_EXTENSIONS = frozenset(".xmp .aae .json .thm .lrv .pp3 .dop .on1 .cos .arp .exv .ctg".split())
+# What file managers, cameras and NAS boxes write on their own, by exact name (any case). A
+# system folder is not walked: the JPEG thumbnails in a Synology @eaDir must never stand for
+# a photo, nor the photos in a recycle bin for a library's.
 SYSTEM_FILE_NAMES = frozenset(name.lower() for name in (
-    ".DS_Store", "Thumbs.db", "ehthumbs.db", "desktop.ini", ".picasa.ini", "Picasa.ini", ".nomedia"))
+    ".DS_Store", "Thumbs.db", "ehthumbs.db", "ehthumbs_vista.db", "desktop.ini", ".picasa.ini", "Picasa.ini",
+    ".nomedia", "ZbThumbnail.info", ".localized", "Icon\r"))
+SYSTEM_FOLDER_NAMES = frozenset(name.lower() for name in (
+    ".Spotlight-V100", ".Trashes", ".fseventsd", ".TemporaryItems", "@eaDir", ".@__thumb", "#recycle",
+    "$RECYCLE.BIN", "System Volume Information", ".thumbnails"))
+APPLE_DOUBLE_PREFIX = "._"  # macOS writes ._NAME beside NAME on other disks: resource forks, not images
 
 # Mean absolute step, in grey levels, between horizontally adjacent pixels of the shrunken
 # image below which its hash bits are decided by rounding noise. Measured on the 46 sample
@@ -134,10 +145,10 @@ HASHED_KINDS = frozenset({Kind.PHOTO, Kind.RAW})
 
 
 def file_kind(name: str) -> Kind:
-    if name.lower() in SYSTEM_FILE_NAMES or name.startswith("._"):  # ._*: macOS AppleDouble, even ._IMG.jpg
+    if name.lower() in SYSTEM_FILE_NAMES or name.startswith(APPLE_DOUBLE_PREFIX):  # ._IMG.jpg too
         return Kind.SYSTEM
     extension = os.path.splitext(name)[1].lower()
-    if extension in OPENCV_EXTENSIONS or extension in HEIF_EXTENSIONS or extension in PILLOW_EXTENSIONS:
+    if extension in OPENCV_EXTENSIONS or extension in HEIF_EXTENSIONS or extension in JPEG_XL_EXTENSIONS:
         return Kind.PHOTO
     if extension in RAW_EXTENSIONS:
         return Kind.RAW
@@ -220,7 +231,10 @@ def find_files(root: Path, left_out: Container[tuple[int, int]] = frozenset(),
         subfolders = []
         for entry in entries:
             if _is_folder(entry):
-                subfolders.append(entry.path)
+                if entry.name.lower() in SYSTEM_FOLDER_NAMES:
+                    not_compared.append(NotCompared(relative_path(entry.path, root) + "/", Kind.SYSTEM))
+                else:
+                    subfolders.append(entry.path)
                 continue
             kind, rel = file_kind(entry.name), relative_path(entry.path, root)
             if kind not in COMPARED_KINDS:
@@ -281,7 +295,44 @@ def decode_image(data: bytes, extension: str = ".jpg"):
     """Decode a photo or RAW file's bytes to 8-bit BGR pixels, turned as its format says."""
     if not data:
         raise UnreadableImage("empty file (0 bytes)")
-    return DECODERS.get(extension.lower(), decode_with_opencv)(data)
+    return decoder_for(extension, data[:SNIFF_BYTES])(data)
+
+
+# ISO-BMFF (HEIF, AVIF) files start with an ftyp box: size, 'ftyp', major brand, minor version,
+# then compatible brands. The brands, not the extension, say which codec is inside.
+AVIF_BRANDS = frozenset({b"avif", b"avis"})
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1", b"msf1"})
+# A bare JPEG XL codestream, or the ISO-BMFF container's signature box.
+JXL_SIGNATURES = (b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")
+
+
+def _ftyp_brands(head: bytes) -> frozenset[bytes]:
+    if head[4:8] != b"ftyp":
+        return frozenset()
+    size = int.from_bytes(head[:4], "big")
+    box = head[8:min(size, len(head))]
+    return frozenset(box[i:i + 4] for i in range(0, len(box) - 3, 4) if i != 4)  # skip minor version
+
+
+def decoder_for(extension: str, head: bytes) -> Callable[[bytes], object]:
+    """The decoder for a file: by extension for RAW, else by the first bytes of its content, so
+    that a HEIC named .jpg or a JPEG named .heic (both common after phone exports) still decode.
+    Everything not recognised goes to OpenCV, as before, so JPEG, PNG, TIFF and WEBP hash as
+    they always did."""
+    if extension.lower() in RAW_EXTENSIONS:
+        return decode_raw
+    brands = _ftyp_brands(head)
+    if brands & AVIF_BRANDS:  # checked first: AVIF files also carry the generic mif1 brand
+        return decode_avif
+    if brands & HEIF_BRANDS:
+        return decode_heif
+    if head.startswith(JXL_SIGNATURES):
+        return decode_jxl
+    return decode_with_opencv
+
+
+# Bytes of the file decoder_for needs: an ftyp box rarely holds more than a dozen brands.
+SNIFF_BYTES = 64
 
 
 def decode_with_opencv(data: bytes):
@@ -298,79 +349,201 @@ def decode_with_opencv(data: bytes):
     return pixels
 
 
+def apply_orientation(pixels, orientation: int):
+    """Turn stored pixels as EXIF/TIFF Orientation `orientation` (1-8) asks a viewer to show them."""
+    cv2 = _cv2()
+    if orientation == 2:
+        return cv2.flip(pixels, 1)
+    if orientation == 3:
+        return cv2.rotate(pixels, cv2.ROTATE_180)
+    if orientation == 4:
+        return cv2.flip(pixels, 0)
+    if orientation == 5:
+        return cv2.transpose(pixels)
+    if orientation == 6:
+        return cv2.rotate(pixels, cv2.ROTATE_90_CLOCKWISE)
+    if orientation == 7:
+        return cv2.rotate(cv2.transpose(pixels), cv2.ROTATE_180)
+    if orientation == 8:
+        return cv2.rotate(pixels, cv2.ROTATE_90_COUNTERCLOCKWISE)
+    return pixels
+
+
+def _swaps_sides(orientation: int) -> bool:
+    return orientation in (5, 6, 7, 8)
+
+
+# LibRaw keeps dcraw's flip code, a bit field (4 transpose, 2 flip rows, 1 flip columns), made
+# from the TIFF orientation by dcraw's table "50132467"; this is that table inverted.
+ORIENTATION_FOR_LIBRAW_FLIP = {0: 1, 1: 2, 2: 4, 3: 3, 4: 5, 5: 8, 6: 6, 7: 7}
+
+
+def _to_bgr(pixels, mode: str):
+    """8-bit BGR from pixels in a Pillow-style mode: alpha dropped as OpenCV's IMREAD_COLOR drops
+    it (not blended), grey repeated in the three channels."""
+    cv2 = _cv2()
+    if pixels.ndim == 2:
+        return cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
+    if mode.startswith("BGR"):
+        return pixels[:, :, :3]
+    return cv2.cvtColor(pixels[:, :, :3], cv2.COLOR_RGB2BGR)
+
+
 def decode_heif(data: bytes):
-    """HEIC and HEIF through libheif (pillow-heif). libheif applies the container's
-    rotation and mirroring (irot, imir), which the HEIF standard puts above any EXIF
-    orientation tag, so EXIF is not applied again; deeper colour is scaled to 8 bits."""
-    pillow_heif, np = _pillow_heif(), _np()
+    """HEIC/HEIF by libheif (pillow-heif). libheif applies the container's irot/imir (and clap)
+    itself, as the HEIF spec says readers must; the EXIF orientation inside a HEIC repeats them
+    for other readers and is left alone here, or the picture would be turned twice. 10- and
+    12-bit images come down to 8 bits in libheif."""
+    pillow_heif = _pillow_heif()
     try:
-        image = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=True)
-        pixels = np.asarray(image)
-    except (ValueError, RuntimeError, OSError) as err:  # what libheif raises for a damaged file
-        raise UnreadableImage(f"libheif cannot decode it: {err}") from None
-    return _rgb_to_bgr(pixels)
+        heif = pillow_heif.open_heif(data, convert_hdr_to_8bit=True, bgr_mode=True)
+        pixels = _np().asarray(heif)  # the primary image, decoded here
+    except (ValueError, RuntimeError, OSError, EOFError, SyntaxError) as err:
+        raise UnreadableImage(f"libheif refused it: {_first_line(err)}") from None
+    except MemoryError:
+        raise UnreadableImage("not enough memory to decode it") from None
+    return _to_bgr(pixels, heif.mode)
 
 
-def decode_with_pillow(data: bytes):
-    """AVIF (Pillow's own decoder; pillow-heif's wheels lack an AV1 decoder) and JPEG XL
-    (pillow-jxl-plugin). Pillow reports AVIF's container rotation and mirroring as an EXIF
-    orientation, which exif_transpose applies."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
 
-    _pillow_jxl()
+
+EXIF_ORIENTATION = 0x0112
+
+
+def decode_avif(data: bytes):
+    """AVIF by Pillow's libavif: OpenCV 5 decodes AVIF to the same pixels but ignores irot/imir.
+    Pillow leaves the pixels as stored and reports irot/imir as the EXIF orientation (overriding
+    any EXIF tag in the file, as the HEIF spec wants), which is applied here."""
+    Image = _pil()
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            pixels = _np().asarray(ImageOps.exif_transpose(image.convert("RGB")))
-    except (UnidentifiedImageError, ValueError, OSError) as err:
-        raise UnreadableImage(f"Pillow cannot decode it: {err}") from None
-    return _rgb_to_bgr(pixels)
+        with Image.open(io.BytesIO(data), formats=["AVIF"]) as image:
+            orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+            if image.mode not in ("RGB", "L"):
+                image = image.convert("RGB")  # alpha dropped, as OpenCV drops it
+            pixels = _np().asarray(image)
+    except (OSError, ValueError, SyntaxError) as err:  # UnidentifiedImageError is an OSError
+        raise UnreadableImage(f"libavif refused it: {_first_line(err)}") from None
+    except MemoryError:
+        raise UnreadableImage("not enough memory to decode it") from None
+    return apply_orientation(_to_bgr(pixels, "RGB"), orientation)
 
 
-# A RAW file's embedded preview is hashed when its long side is at least this share of the
-# sensor image's: the camera's own rendering, the JPEG a RAW+JPEG camera writes beside it.
-# Smaller previews (a 160 x 120 thumbnail) say too little; LibRaw then renders the sensor data.
-RAW_PREVIEW_MIN_SHARE = 0.5
-# LibRaw's flip flag -> quarter turns clockwise that put the picture upright.
-RAW_FLIP_TURNS = {0: 0, 3: 2, 5: 3, 6: 1}
+def decode_jxl(data: bytes):
+    """JPEG XL by libjxl (pillow-jxl-plugin). A JPEG recompressed into JXL (cjxl's default for
+    JPEG input) comes back as the original JPEG's exact bytes, which are decoded as every JPEG
+    is, so it hashes exactly like the JPEG. Other JXLs come back as pixels with the codestream's
+    orientation applied by libjxl; an Exif box is ignored, as the JXL spec says."""
+    np = _np()
+    try:
+        is_jpeg, info, decoded, _icc, _boxes = _jxl_decoder()(data)
+    except (RuntimeError, ValueError, OSError) as err:
+        raise UnreadableImage(f"libjxl refused it: {_first_line(err)}") from None
+    except MemoryError:
+        raise UnreadableImage("not enough memory to decode it") from None
+    if is_jpeg:
+        return decode_with_opencv(bytes(decoded))
+    mode = info.mode
+    if mode in ("I;16", "F"):  # high bit depth grey, or float: to 8 bits as OpenCV's converters round
+        dtype = np.uint16 if mode == "I;16" else np.float32
+        samples = np.frombuffer(decoded, dtype).reshape(info.height, info.width)
+        scale = 255 / 65535 if mode == "I;16" else 255
+        return _to_bgr(np.clip(np.rint(samples * scale), 0, 255).astype(np.uint8), "L")
+    channels = len(mode)  # "L", "LA", "RGB", "RGBA": one letter a channel
+    pixels = np.frombuffer(decoded, np.uint8).reshape(info.height, info.width, channels)
+    return _to_bgr(pixels[:, :, 0] if mode in ("L", "LA") else pixels, "RGB")
+
+
+# The least long side of an embedded preview that is hashed instead of rendering the raw data.
+# The hash comes from a 72 x 72 area-mean thumbnail: the committed photos re-encoded at 640 px
+# and more kept every hash bit, at 160-480 px one bit moved in one photo of eight. 1024 keeps a
+# margin and takes Sony's 1616 x 1080 previews, while 160 x 120 thumbnails (letterboxed on
+# Canons) fall to the rendering. The preview is the camera's own rendering, so it matches the
+# camera's JPEG better than any LibRaw rendering can.
+PREVIEW_MIN_LONG_SIDE = 1024
 
 
 def decode_raw(data: bytes):
-    """Camera RAW through LibRaw (rawpy): the embedded full-size preview when there is one,
-    turned by the RAW's flip flag, else LibRaw's rendering with the camera's white balance."""
-    rawpy, np = _rawpy(), _np()
+    """A camera RAW: its embedded preview when it is large enough, else LibRaw's rendering."""
+    rawpy = _rawpy()
     try:
         with rawpy.imread(io.BytesIO(data)) as raw:
             preview = _raw_preview(raw)
             if preview is not None:
-                return np.ascontiguousarray(np.rot90(preview, -RAW_FLIP_TURNS.get(raw.sizes.flip, 0)))
-            return _rgb_to_bgr(raw.postprocess(use_camera_wb=True, output_bps=8))
-    except (rawpy.LibRawError, ValueError, OSError) as err:
-        raise UnreadableImage(f"LibRaw cannot decode it: {type(err).__name__} {err}".strip()) from None
+                return preview
+            # Camera white balance and the sRGB curve without auto-brightening, as the camera's
+            # JPEG is made (on mosaics made from the committed photos, this alone kept every
+            # hash bit; LibRaw's defaults moved 3 bits in 8 photos). half_size takes each 2x2
+            # Bayer cell as one pixel: no demosaicing, 4-7x faster, and the hash needs only
+            # 72 x 72 cells. LibRaw applies the raw's orientation (flip) itself.
+            rgb = raw.postprocess(use_camera_wb=True, half_size=True, no_auto_bright=True,
+                                  gamma=(2.4, 12.92), output_bps=8)
+    except rawpy.LibRawError as err:
+        raise UnreadableImage(f"LibRaw refused it: {_libraw_reason(err)}") from None
+    except MemoryError:
+        raise UnreadableImage("not enough memory to decode it") from None
+    return _to_bgr(rgb, "RGB")
+
+
+def _libraw_reason(err: Exception) -> str:
+    rawpy = _rawpy()
+    if isinstance(err, rawpy.LibRawFileUnsupportedError):
+        return "not a RAW format LibRaw knows, or a camera it does not support"
+    if isinstance(err, (rawpy.LibRawIOError, rawpy.LibRawDataError)):
+        return "corrupt or truncated RAW data"
+    message = err.args[0] if err.args else type(err).__name__
+    return message.decode(errors="replace") if isinstance(message, bytes) else str(message)  # rawpy gives bytes
 
 
 def _raw_preview(raw):
-    """The embedded JPEG preview as BGR pixels, if it is large enough to stand for the photo."""
-    rawpy, cv2, np = _rawpy(), _cv2(), _np()
+    """The embedded preview as 8-bit BGR, turned upright, or None if there is none big enough.
+
+    Cameras store the preview as the sensor saw it, not turned; the raw's tags say how to turn
+    it (raw.sizes.flip). LibRaw hands a JPEG preview back with that orientation written into a
+    new EXIF block at its start, unless the preview starts with EXIF of its own (Fujifilm,
+    Panasonic), whose orientation then stands: so the JPEG's own EXIF orientation is the one to
+    apply, and flip only when it has none. A preview already stored upright (portrait while the
+    sensor image is landscape, as some compacts write it) is not turned again.
+    """
+    rawpy = _rawpy()
     try:
-        thumbnail = raw.extract_thumb()
+        thumb = raw.extract_thumb()
     except (rawpy.LibRawNoThumbnailError, rawpy.LibRawUnsupportedThumbnailError):
         return None
-    if thumbnail.format == rawpy.ThumbFormat.JPEG:
-        # The preview's own EXIF tag, if any, is ignored: the RAW's flip flag says how to turn it.
-        pixels = cv2.imdecode(np.frombuffer(thumbnail.data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    else:
-        pixels = _rgb_to_bgr(thumbnail.data)
-    if pixels is None or max(pixels.shape[:2]) < RAW_PREVIEW_MIN_SHARE * max(raw.sizes.width, raw.sizes.height):
+    orientation = ORIENTATION_FOR_LIBRAW_FLIP.get(raw.sizes.flip, 1)
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        header = _jpeg_header(thumb.data)
+        if header is None:
+            return None  # a damaged preview: the raw data may still be whole
+        width, height, tagged = header
+        orientation = orientation if tagged is None else tagged
+    else:  # an uncompressed bitmap preview, RGB
+        height, width = thumb.data.shape[:2]
+    if max(width, height) < PREVIEW_MIN_LONG_SIDE:
         return None
-    return pixels
+    if _swaps_sides(orientation) and (width >= height) != (raw.sizes.width >= raw.sizes.height):
+        orientation = 1  # already upright
+    if thumb.format == rawpy.ThumbFormat.JPEG:
+        # OpenCV's JPEG decoder, as for any JPEG, but told to leave the EXIF orientation to us.
+        cv2, np = _cv2(), _np()
+        pixels = cv2.imdecode(np.frombuffer(thumb.data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
+        if pixels is None:
+            return None
+    else:
+        pixels = _to_bgr(thumb.data, "RGB")
+    return apply_orientation(pixels, orientation)
 
 
-def _rgb_to_bgr(pixels):
-    """Colour pixels as OpenCV decodes them: 8-bit BGR, alpha dropped, grey kept as grey."""
-    cv2, np = _cv2(), _np()
-    if pixels.ndim == 2:
-        return pixels
-    return np.ascontiguousarray(cv2.cvtColor(pixels[:, :, :3], cv2.COLOR_RGB2BGR))
+def _jpeg_header(jpeg: bytes) -> tuple[int, int, int | None] | None:
+    """A JPEG's stored width and height and its EXIF Orientation if it has the tag, from the
+    headers only; None if they cannot be read."""
+    try:
+        with _pil().open(io.BytesIO(jpeg), formats=["JPEG"]) as image:
+            return *image.size, image.getexif().get(EXIF_ORIENTATION)
+    except (OSError, ValueError, SyntaxError):
+        return None
 
 
 def _opencv_reason(err: Exception) -> str:
@@ -391,12 +564,27 @@ def _np():
 def _pillow_heif():
     import pillow_heif
 
+    pillow_heif.options.DECODE_THREADS = 1  # as for OpenCV: the other cores decode other images
     return pillow_heif
 
 
 @functools.cache
-def _pillow_jxl() -> None:
-    import pillow_jxl  # noqa: F401  registers the JPEG XL format with Pillow
+def _pil():
+    from PIL import AvifImagePlugin, Image
+
+    AvifImagePlugin.DEFAULT_MAX_THREADS = 1  # as for OpenCV
+    # Pillow only reads headers and AVIF here; its decompression-bomb check would make the
+    # dimension reader fail on exactly the big images it is asked about. OpenCV, libheif and
+    # libavif keep their own limits.
+    Image.MAX_IMAGE_PIXELS = None
+    return Image
+
+
+@functools.cache
+def _jxl_decoder():
+    from pillow_jxl import Decoder
+
+    return Decoder(num_threads=0)  # 0: decode on the calling thread only, as for OpenCV
 
 
 @functools.cache
@@ -404,14 +592,6 @@ def _rawpy():
     import rawpy
 
     return rawpy
-
-
-# The decoder for each extension; OpenCV for the rest.
-DECODERS: dict[str, Callable[[bytes], object]] = {
-    **dict.fromkeys(HEIF_EXTENSIONS, decode_heif),
-    **dict.fromkeys(PILLOW_EXTENSIONS, decode_with_pillow),
-    **dict.fromkeys(RAW_EXTENSIONS, decode_raw),
-}
 
 
 # ---------------------------------------------------------------------------------------

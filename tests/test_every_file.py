@@ -97,7 +97,7 @@ def test_raw_needle_matches_the_camera_jpeg_in_the_library(trees, orientation: i
     """A RAW+JPEG camera: the JPEG beside the RAW carries an EXIF orientation; the RAW a flip
     flag and an unturned preview. Without a preview LibRaw's rendering is hashed."""
     haystack, needles = trees
-    upright = read_photo(2)
+    upright = camera_sized(read_photo(2))
     stored = np.ascontiguousarray(np.rot90(upright, {1: 0, 6: 1, 3: 2, 8: 3}[orientation]))
     put(haystack / "camera.jpg", media.encode_jpeg(stored, 95, orientation))
     put(needles / "card" / "with preview.dng", media.make_dng(stored, orientation=orientation,
@@ -106,6 +106,14 @@ def test_raw_needle_matches_the_camera_jpeg_in_the_library(trees, orientation: i
     result = run(haystack, needles)
     assert statuses(result) == {"card/sensor only.dng": STATUS.MATCHED, "card/with preview.dng": STATUS.MATCHED}
     assert {needle.kind for needle in result.results} == {hs.Kind.RAW}
+
+
+def camera_sized(pixels: np.ndarray) -> np.ndarray:
+    """Long side 1280 (so that a preview is hashed, not rendered), even sides (as a Bayer
+    mosaic has them: no row is lost whichever way the camera was held)."""
+    scale = 1280 / max(pixels.shape[:2])
+    size = (2 * round(pixels.shape[1] * scale / 2), 2 * round(pixels.shape[0] * scale / 2))
+    return cv2.resize(pixels, size, interpolation=cv2.INTER_CUBIC)
 
 
 def test_jpeg_needle_matches_a_raw_in_the_library(trees) -> None:
@@ -261,3 +269,20 @@ def test_backup_with_no_photo_or_video_exits_1_and_says_so(trees) -> None:
     completed = run_tool("-a", haystack, "-n", needles, "--no-cache")
     assert completed.returncode == 1
     assert completed.stdout == "No photos or videos found in the needles folder (1 other file not compared).\n"
+
+
+def test_a_heic_named_jpg_is_decoded_by_its_content(trees) -> None:
+    haystack, needles = trees
+    write_image(haystack / "a.jpg", read_photo(0), cv2.IMWRITE_JPEG_QUALITY, 95)
+    put(needles / "export" / "IMG_1.JPG", media.make_heic(read_photo(0)))
+    assert statuses(run(haystack, needles)) == {"export/IMG_1.JPG": STATUS.MATCHED}
+
+
+def test_system_folders_are_counted_never_walked(trees) -> None:
+    """A NAS's thumbnails of a photo must never vouch for a backup of it."""
+    haystack, needles = trees
+    write_image(haystack / "@eaDir" / "a.jpg" / "SYNOPHOTO_THUMB_XL.jpg", read_photo(0))
+    copy_photo(0, needles / "x" / "a.jpg")
+    copy_photo(1, needles / "x" / ".Trashes" / "b.jpg")
+    result = run(haystack, needles)
+    assert statuses(result) == {"x/.Trashes/": STATUS.NOT_COMPARED, "x/a.jpg": STATUS.MISSING}
