@@ -2,6 +2,7 @@
 In this process, except kill -9, Ctrl-C and two processes sharing the cache."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pytest
 
 import hash_and_search as hs
 from conftest import SCRIPT, by_path, copy_photo, read_photo, run_tool, run_trees, statuses, write_image
@@ -169,6 +171,20 @@ def test_digests_are_taken_only_when_sizes_meet_and_added_to_cached_records(tree
     assert result.haystack.sources[FROM_CACHE] == 3 and result.haystack.sources[DECODED] == 0
     assert result.needles.sources[BYTE_COPY] == 3 and result.needles.sources[DECODED] == 0
     assert set(statuses(result).values()) == {"matched"}
+
+
+def test_records_of_another_algorithm_version_are_ignored_and_pruned(tmp_path, monkeypatch) -> None:
+    image = hs.find_images(copy_photo(0, tmp_path / "photos" / "a.jpg").parent).images[0]
+    fingerprint = hs.fingerprint_pixels(hs.decode_image(Path(image.path).read_bytes()), 8)
+    cache = hs.HashCache(tmp_path / "c.sqlite3", 8, warn=pytest.fail)
+    cache.store(image, fingerprint)
+    cache.flush()
+    assert cache.lookup(image) == fingerprint
+    assert cache.lookup(dataclasses.replace(image, mtime_ns=image.mtime_ns + 1)) is None  # the file changed
+    monkeypatch.setattr(hs, "ALGORITHM_VERSION", hs.ALGORITHM_VERSION + 1)
+    assert cache.lookup(image) is None
+    assert cache.prune() == 1 and cached_rows(tmp_path / "c.sqlite3") == 0
+    cache.close()
 
 
 def cached_rows(cache: Path) -> int:

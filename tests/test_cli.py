@@ -48,6 +48,21 @@ def test_folders_are_named_by_their_path_from_the_needles_root(trees) -> None:
         ".": "in_haystack", "phone-a/DCIM": "in_haystack", "phone-b/DCIM": "not_in_haystack"}
 
 
+def test_a_folder_is_in_the_haystack_only_when_every_image_in_it_matched() -> None:
+    def needle(rel: str, status: hs.NeedleStatus) -> hs.NeedleResult:
+        return hs.NeedleResult(rel, status)
+    found = hs.folder_verdicts([
+        needle("all/a.jpg", hs.NeedleStatus.MATCHED), needle("all/b.jpg", hs.NeedleStatus.MATCHED),
+        needle("some/a.jpg", hs.NeedleStatus.MATCHED), needle("some/b.jpg", hs.NeedleStatus.LOW_DETAIL),
+        needle("none/a.jpg", hs.NeedleStatus.MISSING), needle("none/b.heic", hs.NeedleStatus.UNSUPPORTED),
+        needle("top.jpg", hs.NeedleStatus.UNREADABLE)])
+    assert [(f.folder, f.verdict.value, f.images, f.matched, dict(f.unmatched)) for f in found] == [
+        (".", "not_in_haystack", 1, 0, {"unreadable": 1}),
+        ("all", "in_haystack", 2, 2, {}),
+        ("none", "not_in_haystack", 2, 0, {"missing": 1, "unsupported": 1}),
+        ("some", "partly_in_haystack", 2, 1, {"low_detail": 1})]
+
+
 def test_exit_status_is_0_when_every_needle_matched(trees) -> None:
     haystack, needles = trees
     copy_photo(0, haystack / "2019" / "a.jpg")
