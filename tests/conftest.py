@@ -2,6 +2,7 @@
 (run_trees, cli) and the script run as a user does (run_tool)."""
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -104,6 +105,7 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache_home
 
 
+@functools.cache
 def unprivileged_user_works() -> bool:
     """Whether a process dropped to 'nobody' can run the script here (it needs setpriv)."""
     if os.geteuid() != 0:

@@ -133,6 +133,26 @@ def test_low_detail_needles_are_not_evidence_of_import(trees) -> None:
     assert result.exit_code == 1
 
 
+def test_options_become_settings(tmp_path, private_cache) -> None:
+    assert hs.parse_args(["-a", "lib", "-n", "old"])[1] == hs.Settings(
+        cache=private_cache / "hash_and_search" / "fingerprints.sqlite3")
+    assert hs.parse_args(["-a", "lib", "-n", "old", "--hash-size", "16", "-d", "6", "--rotations", "-j", "3",
+                          "--cache", str(tmp_path / "c"), "--prune-cache"])[1] == hs.Settings(
+        hash_size=16, distance=6, rotations=True, jobs=3, cache=tmp_path / "c", prune_cache=True)
+    assert hs.parse_args(["-a", "lib", "-n", "old", "--no-cache"])[1].cache is None
+
+
+def test_list_missing_and_verbose_reach_the_report(trees, cli) -> None:
+    haystack, needles = trees
+    copy_photo(0, haystack / "a.jpg")
+    (haystack / "broken.png").write_bytes(b"junk")
+    copy_photo(1, needles / "trip" / "b.jpg")
+    completed = cli("-a", haystack, "-n", needles, "--no-cache", "--list-missing", "--verbose")
+    assert completed.returncode == 1
+    assert completed.stdout.splitlines()[1:3] == ["  trip  0 of 1 image matched", "      b.jpg"]
+    assert "  unreadable: broken.png: " in completed.stderr
+
+
 def test_usage_errors_exit_2(trees) -> None:
     haystack, needles = trees
     assert run_tool("-a", haystack).returncode == 2
