@@ -20,7 +20,7 @@ PHOTOS = sorted((REPO / "tests" / "photos").glob("*.jpg"))
 
 sys.path.insert(0, str(REPO))
 
-import hash_and_search as hs  # noqa: E402  (found through the path above)
+import hash_and_search as hs  # found through the path above
 
 
 def run_trees(haystack: Path, needles: Path, *, warnings: list[str] | None = None,

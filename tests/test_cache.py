@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import hash_and_search as hs
-from conftest import SCRIPT, by_path, copy_photo, read_photo, run_tool, run_trees, statuses, write_image
+from conftest import SCRIPT, copy_photo, read_photo, run_trees, statuses, write_image
 
 DECODED, FROM_CACHE, BYTE_COPY = hs.Source.DECODED, hs.Source.FROM_CACHE, hs.Source.BYTE_COPY
 
