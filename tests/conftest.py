@@ -1,10 +1,13 @@
-"""Shared helpers: the committed photos, variants made from them, and running the script as a user does."""
+"""Shared helpers: the committed photos, variants made from them, the pipeline run in this process
+(run_trees, cli) and the script run as a user does (run_tool)."""
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
@@ -16,6 +19,40 @@ SCRIPT = REPO / "hash_and_search.py"
 PHOTOS = sorted((REPO / "tests" / "photos").glob("*.jpg"))
 
 sys.path.insert(0, str(REPO))
+
+import hash_and_search as hs  # found through the path above
+
+
+def run_trees(haystack: Path, needles: Path, *, warnings: list[str] | None = None,
+              **settings: object) -> hs.RunResult:
+    """The whole pipeline in this process, as a library user calls it: hs.run with
+    Settings(**settings), so no cache unless cache= names one. Warnings are appended to
+    `warnings`; without that list, any warning fails the test."""
+    collected: list[str] = [] if warnings is None else warnings
+    result = hs.run(haystack, needles, hs.Settings(**settings), warn=collected.append)
+    if warnings is None:
+        assert not collected, f"unexpected warnings: {collected}"
+    return result
+
+
+def by_path(result: hs.RunResult) -> dict[str, hs.NeedleResult]:
+    return {needle.rel: needle for needle in result.results}
+
+
+def statuses(result: hs.RunResult) -> dict[str, str]:
+    """Needle path (relative to the needles root) -> its status, as the JSON shows it."""
+    return {needle.rel: needle.status.value for needle in result.results}
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., subprocess.CompletedProcess[str]]:
+    """The command line in this process: main(argv), with what it printed and returned."""
+    def call(*args: object) -> subprocess.CompletedProcess[str]:
+        argv = [str(arg) for arg in args]
+        returncode = hs.main(argv)
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(argv, returncode, out, err)
+    return call
 
 
 def run_tool(*args: object, cwd: Path | None = None, env: dict[str, str] | None = None,
@@ -51,19 +88,6 @@ def copy_photo(index: int, target: Path) -> Path:
     return target
 
 
-def folders_in_report(stdout: str) -> dict[str, str]:
-    """Folder -> the report section it is listed under ('not', 'partly')."""
-    section, found = None, {}
-    for line in stdout.splitlines():
-        if line.startswith("Not in the haystack"):
-            section = "not"
-        elif line.startswith("Partly in the haystack"):
-            section = "partly"
-        elif line.startswith("  ") and not line.startswith("      ") and section:
-            found[line.strip().rsplit("  ", 1)[0].strip()] = section
-    return found
-
-
 @pytest.fixture
 def trees(tmp_path: Path) -> tuple[Path, Path]:
     """An empty haystack and needles folder, and a private cache directory for the run."""
@@ -81,6 +105,7 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return cache_home
 
 
+@functools.cache
 def unprivileged_user_works() -> bool:
     """Whether a process dropped to 'nobody' can run the script here (it needs setpriv)."""
     if os.geteuid() != 0:

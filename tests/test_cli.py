@@ -1,4 +1,5 @@
-"""The script as a user runs it: reports, verdicts, exit codes and JSON, on real photos."""
+"""Reports, verdicts, exit codes and JSON, on real photos: the README example and the exit
+statuses as a user runs the script, the rest in this process."""
 from __future__ import annotations
 
 import json
@@ -6,13 +7,18 @@ import re
 
 import cv2
 
-from conftest import REPO, copy_photo, folders_in_report, read_photo, run_tool, write_image
+import hash_and_search as hs
+from conftest import REPO, copy_photo, read_photo, run_tool, run_trees, write_image
 
 
 def readme_block(after: str) -> str:
     """The fenced block that follows the line `after` in the README."""
     text = (REPO / "README.md").read_text()
     return re.search(re.escape(after) + r"\s*```[a-z]*\n(.*?)```", text, re.S).group(1)
+
+
+def verdicts(result: hs.RunResult) -> dict[str, str]:
+    return {folder.folder: folder.verdict.value for folder in result.folders}
 
 
 def test_example_command_prints_what_the_readme_promises() -> None:
@@ -24,10 +30,12 @@ def test_example_command_prints_what_the_readme_promises() -> None:
 
 
 def test_example_folders_and_verdicts() -> None:
-    completed = run_tool("-a", "haystack", "-n", "needles", cwd=REPO)
-    assert folders_in_report(completed.stdout) == {
-        "camera/2021-05": "not", "phone-ben/DCIM": "not", "old scans/album 2": "partly"}
-    assert "In the haystack: 6 folders, 11 images." in completed.stdout
+    result = run_trees(REPO / "haystack", REPO / "needles")
+    assert {folder: verdict for folder, verdict in verdicts(result).items() if verdict != "in_haystack"} == {
+        "camera/2021-05": "not_in_haystack", "phone-ben/DCIM": "not_in_haystack",
+        "old scans/album 2": "partly_in_haystack"}
+    assert "In the haystack: 6 folders, 11 images." in hs.render_text(result)
+    assert result.exit_code == 1
 
 
 def test_folders_are_named_by_their_path_from_the_needles_root(trees) -> None:
@@ -36,9 +44,23 @@ def test_folders_are_named_by_their_path_from_the_needles_root(trees) -> None:
     copy_photo(0, needles / "phone-a" / "DCIM" / "x.jpg")
     copy_photo(1, needles / "phone-b" / "DCIM" / "y.jpg")
     copy_photo(0, needles / "top.jpg")
-    completed = run_tool("-a", haystack, "-n", needles, "--json")
-    verdicts = {f["folder"]: f["verdict"] for f in json.loads(completed.stdout)["folders"]}
-    assert verdicts == {".": "in_haystack", "phone-a/DCIM": "in_haystack", "phone-b/DCIM": "not_in_haystack"}
+    assert verdicts(run_trees(haystack, needles)) == {
+        ".": "in_haystack", "phone-a/DCIM": "in_haystack", "phone-b/DCIM": "not_in_haystack"}
+
+
+def test_a_folder_is_in_the_haystack_only_when_every_image_in_it_matched() -> None:
+    def needle(rel: str, status: hs.NeedleStatus) -> hs.NeedleResult:
+        return hs.NeedleResult(rel, status)
+    found = hs.folder_verdicts([
+        needle("all/a.jpg", hs.NeedleStatus.MATCHED), needle("all/b.jpg", hs.NeedleStatus.MATCHED),
+        needle("some/a.jpg", hs.NeedleStatus.MATCHED), needle("some/b.jpg", hs.NeedleStatus.LOW_DETAIL),
+        needle("none/a.jpg", hs.NeedleStatus.MISSING), needle("none/b.heic", hs.NeedleStatus.UNSUPPORTED),
+        needle("top.jpg", hs.NeedleStatus.UNREADABLE)])
+    assert [(f.folder, f.verdict.value, f.images, f.matched, dict(f.unmatched)) for f in found] == [
+        (".", "not_in_haystack", 1, 0, {"unreadable": 1}),
+        ("all", "in_haystack", 2, 2, {}),
+        ("none", "not_in_haystack", 2, 0, {"missing": 1, "unsupported": 1}),
+        ("some", "partly_in_haystack", 2, 1, {"low_detail": 1})]
 
 
 def test_exit_status_is_0_when_every_needle_matched(trees) -> None:
@@ -56,11 +78,13 @@ def test_partly_imported_folder_is_listed_with_counts(trees) -> None:
     copy_photo(0, needles / "trip" / "a.jpg")
     copy_photo(1, needles / "trip" / "b.jpg")
     copy_photo(2, needles / "trip" / "c.jpg")
-    completed = run_tool("-a", haystack, "-n", needles, "--list-missing")
-    assert completed.returncode == 1
-    assert "Partly in the haystack (1 folder):\n  trip  1 of 3 images matched\n" in completed.stdout
-    listed = completed.stdout.split("matched\n", 1)[1].splitlines()[:2]
+    result = run_trees(haystack, needles)
+    assert result.exit_code == 1
+    text = hs.render_text(result, list_missing=True)
+    assert "Partly in the haystack (1 folder):\n  trip  1 of 3 images matched\n" in text
+    listed = text.split("matched\n", 1)[1].splitlines()[:2]
     assert [line.strip() for line in listed] == ["b.jpg", "c.jpg"]
+    assert "b.jpg" not in hs.render_text(result)  # listed only when asked
 
 
 def test_json_holds_the_whole_result(trees) -> None:
@@ -69,8 +93,8 @@ def test_json_holds_the_whole_result(trees) -> None:
     copy_photo(0, needles / "old" / "a copy.jpg")
     copy_photo(1, needles / "old" / "new.jpg")
     (needles / "old" / "broken.jpg").write_bytes(b"not a jpeg")
-    completed = run_tool("-a", haystack, "-n", needles, "--json")
-    document = json.loads(completed.stdout)
+    result = run_trees(haystack, needles)
+    document = json.loads(hs.render_json(result))
     assert document["tool"]["name"] == "hash_and_search" and document["tool"]["version"]
     assert document["settings"]["hash_size"] == 8
     assert document["folders"] == [{"folder": "old", "verdict": "partly_in_haystack", "images": 3,
@@ -84,7 +108,7 @@ def test_json_holds_the_whole_result(trees) -> None:
     assert document["unreadable"] == [{"tree": "needles", "path": "old/broken.jpg",
                                        "reason": needles_by_path["old/broken.jpg"]["reason"]}]
     assert document["totals"]["needle_images"] == 3 and document["totals"]["needles_matched"] == 1
-    assert completed.returncode == 1
+    assert result.exit_code == 1
 
 
 def test_summary_on_stderr_counts_images(trees) -> None:
@@ -103,10 +127,30 @@ def test_low_detail_needles_are_not_evidence_of_import(trees) -> None:
     black = read_photo(0) * 0
     write_image(haystack / "lens cap.jpg", black)
     write_image(needles / "night" / "black.png", black)
-    completed = run_tool("-a", haystack, "-n", needles, "--json")
-    needle = json.loads(completed.stdout)["needles"][0]
-    assert needle["status"] == "low_detail" and needle["match"] is None
+    result = run_trees(haystack, needles)
+    [needle] = result.results
+    assert needle.status == "low_detail" and needle.match is None
+    assert result.exit_code == 1
+
+
+def test_options_become_settings(tmp_path, private_cache) -> None:
+    assert hs.parse_args(["-a", "lib", "-n", "old"])[1] == hs.Settings(
+        cache=private_cache / "hash_and_search" / "fingerprints.sqlite3")
+    assert hs.parse_args(["-a", "lib", "-n", "old", "--hash-size", "16", "-d", "6", "--rotations", "-j", "3",
+                          "--cache", str(tmp_path / "c"), "--prune-cache"])[1] == hs.Settings(
+        hash_size=16, distance=6, rotations=True, jobs=3, cache=tmp_path / "c", prune_cache=True)
+    assert hs.parse_args(["-a", "lib", "-n", "old", "--no-cache"])[1].cache is None
+
+
+def test_list_missing_and_verbose_reach_the_report(trees, cli) -> None:
+    haystack, needles = trees
+    copy_photo(0, haystack / "a.jpg")
+    (haystack / "broken.png").write_bytes(b"junk")
+    copy_photo(1, needles / "trip" / "b.jpg")
+    completed = cli("-a", haystack, "-n", needles, "--no-cache", "--list-missing", "--verbose")
     assert completed.returncode == 1
+    assert completed.stdout.splitlines()[1:3] == ["  trip  0 of 1 image matched", "      b.jpg"]
+    assert "  unreadable: broken.png: " in completed.stderr
 
 
 def test_usage_errors_exit_2(trees) -> None:

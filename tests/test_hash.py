@@ -95,3 +95,33 @@ def test_photos_are_not_low_detail(index: int) -> None:
 def test_colour_and_grey_pixels_of_a_grey_photo_hash_alike() -> None:
     grey = cv2.cvtColor(read_photo(1), cv2.COLOR_BGR2GRAY)
     assert hs.fingerprint_pixels(grey, 8) == hs.fingerprint_pixels(cv2.cvtColor(grey, cv2.COLOR_GRAY2BGR), 8)
+
+
+# The hash of each committed photo as decode_image and fingerprint_pixels gave it when
+# ALGORITHM_VERSION was PINNED_FOR_VERSION. The cache keeps hashes by that version, so a change
+# that alters any of these must bump it, or cached and fresh hashes would be compared.
+PINNED_FOR_VERSION = 1
+PINNED_HASHES = {
+    "photo_04.jpg": "303c1c0c85470703",
+    "photo_14.jpg": "222ede5ecc6860e7",
+    "photo_24.jpg": "1aa60f4f92c3ced8",
+    "photo_26.jpg": "040e1c1c7c7cfdfd",
+    "photo_30.jpg": "65a94cb9b0bdb1bb",
+    "photo_32.jpg": "f1e1d295595a282a",
+    "photo_41.jpg": "8b0909090b030307",
+    "photo_46.jpg": "6cf0d478ccda9fcf",
+}
+
+
+def test_hashes_of_the_committed_photos_are_pinned() -> None:
+    found = {path.name: hs.format_hash(hs.fingerprint_pixels(hs.decode_image(path.read_bytes()), 8).hashes[0], 8)
+             for path in PHOTOS}
+    changed = {name: f"{PINNED_HASHES.get(name)} -> {value}" for name, value in found.items()
+               if PINNED_HASHES.get(name) != value}
+    if hs.ALGORITHM_VERSION == PINNED_FOR_VERSION:
+        assert not changed, (f"the hash code changes hashes ({changed}): bump ALGORITHM_VERSION so that cached and "
+                             "fresh hashes never mix, then pin the new hashes here")
+    else:
+        assert False, (f"ALGORITHM_VERSION is {hs.ALGORITHM_VERSION}: pin the hashes it gives ({changed or 'unchanged'})"
+                       f" and set PINNED_FOR_VERSION to it")
+    assert sorted(found) == sorted(PINNED_HASHES)

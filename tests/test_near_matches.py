@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import hash_and_search as hs
-from conftest import PHOTOS, copy_photo, read_photo, run_tool, write_image
+from conftest import PHOTOS, by_path, copy_photo, read_photo, run_tool, run_trees, statuses, write_image
 
 
 @st.composite
@@ -84,8 +84,8 @@ def test_signatures_tell_edited_copies_from_burst_shots() -> None:
             assert hs.signature_similarity(second.signature, first.signature) < hs.CONFIRM_MIN_SIMILARITY
 
 
-def statuses(completed) -> dict[str, dict]:
-    return {n["path"]: n for n in json.loads(completed.stdout)["needles"]}
+def orientation(needle: hs.NeedleResult) -> str:
+    return hs.ORIENTATIONS[needle.match.orientation]
 
 
 def test_distance_finds_edited_copies_that_exact_matching_misses(trees) -> None:
@@ -93,15 +93,15 @@ def test_distance_finds_edited_copies_that_exact_matching_misses(trees) -> None:
     for i in range(len(PHOTOS)):
         write_image(haystack / f"{i}.png", read_photo(i))
         write_image(needles / "edited" / f"{i}.png", gamma(read_photo(i), 0.7))
-    exact = statuses(run_tool("-a", haystack, "-n", needles, "--json"))
-    near = run_tool("-a", haystack, "-n", needles, "--json", "--distance", "8")
-    assert sum(n["status"] == "matched" for n in exact.values()) < len(PHOTOS)
-    assert near.returncode == 0
-    for i, needle in enumerate(sorted(statuses(near).values(), key=lambda n: int(n["path"][7:-4]))):
-        assert needle["match"]["path"] == f"{i}.png"
-        assert needle["match"]["distance"] <= 8
-        if needle["match"]["distance"]:
-            assert needle["match"]["similarity"] >= hs.CONFIRM_MIN_SIMILARITY
+    near = run_trees(haystack, needles, distance=8)
+    exact = hs.match_needles(near.haystack, near.needles, hs.Settings(distance=0))
+    assert sum(n.status == "matched" for n in exact) < len(PHOTOS)
+    assert near.exit_code == 0
+    for i, needle in enumerate(sorted(near.results, key=lambda n: int(n.rel[7:-4]))):
+        assert needle.match.path == f"{i}.png"
+        assert needle.match.distance <= 8
+        if needle.match.distance:
+            assert needle.match.similarity >= hs.CONFIRM_MIN_SIMILARITY
 
 
 def test_burst_shots_are_not_matched_even_at_distance_16(trees) -> None:
@@ -110,9 +110,9 @@ def test_burst_shots_are_not_matched_even_at_distance_16(trees) -> None:
         first, second = burst_pair(read_photo(i, max_side=600), 0.05)
         write_image(haystack / f"{i}.png", first)
         write_image(needles / "burst" / f"{i}.png", second)
-    completed = run_tool("-a", haystack, "-n", needles, "--json", "--distance", "16", "--rotations")
-    assert {n["status"] for n in statuses(completed).values()} == {"missing"}
-    assert completed.returncode == 1
+    result = run_trees(haystack, needles, distance=16, rotations=True)
+    assert set(statuses(result).values()) == {"missing"}
+    assert result.exit_code == 1
 
 
 def test_rotations_match_turned_and_mirrored_copies(trees) -> None:
@@ -121,13 +121,16 @@ def test_rotations_match_turned_and_mirrored_copies(trees) -> None:
     write_image(haystack / "upright.jpg", pixels, cv2.IMWRITE_JPEG_QUALITY, 95)
     write_image(needles / "scans" / "sideways.png", np.rot90(pixels))  # turned left
     write_image(needles / "scans" / "flipped.png", pixels[:, ::-1])
-    plain = statuses(run_tool("-a", haystack, "-n", needles, "--json", "--distance", "4"))
-    assert {n["status"] for n in plain.values()} == {"missing"}
-    turned = statuses(run_tool("-a", haystack, "-n", needles, "--json", "--distance", "4", "--rotations"))
-    assert turned["scans/sideways.png"]["match"]["orientation"] == "turned 90° clockwise"
-    assert turned["scans/flipped.png"]["match"]["orientation"] == "mirrored"
-    exact = statuses(run_tool("-a", haystack, "-n", needles, "--json", "--rotations"))
-    assert exact["scans/sideways.png"]["status"] == "matched"  # lossless turns keep the hash exactly
+    plain = run_trees(haystack, needles, distance=4)
+    assert set(statuses(plain).values()) == {"missing"}
+
+    def match(**settings) -> dict[str, hs.NeedleResult]:
+        return {n.rel: n for n in hs.match_needles(plain.haystack, plain.needles, hs.Settings(**settings))}
+    turned = match(distance=4, rotations=True)
+    assert orientation(turned["scans/sideways.png"]) == "turned 90° clockwise"
+    assert orientation(turned["scans/flipped.png"]) == "mirrored"
+    exact = match(rotations=True)
+    assert exact["scans/sideways.png"].status == "matched"  # lossless turns keep the hash exactly
 
 
 def test_nearest_match_is_reported(trees) -> None:
@@ -138,8 +141,9 @@ def test_nearest_match_is_reported(trees) -> None:
     write_image(haystack / "edited.png", edited)
     write_image(haystack / "same.png", pixels)
     write_image(needles / "copy.png", pixels)
-    needle = statuses(run_tool("-a", haystack, "-n", needles, "--json", "--distance", "16"))["copy.png"]
-    assert needle["match"] == {"path": "same.png", "distance": 0, "orientation": "as is", "similarity": None}
+    needle = by_path(run_trees(haystack, needles, distance=16))["copy.png"]
+    assert needle.match == hs.Match("same.png", distance=0, orientation=0, similarity=None)
+    assert orientation(needle) == "as is"
 
 
 def test_distance_beyond_the_hash_is_a_usage_error(trees) -> None:
@@ -147,9 +151,9 @@ def test_distance_beyond_the_hash_is_a_usage_error(trees) -> None:
     assert completed.returncode == 2 and "--distance must be from 0 to 64" in completed.stderr
 
 
-def test_distance_and_rotations_are_in_the_json_settings(trees) -> None:
+def test_distance_and_rotations_are_in_the_json_settings(trees, cli) -> None:
     copy_photo(0, trees[0] / "a.jpg")
     copy_photo(0, trees[1] / "a.jpg")
-    completed = run_tool("-a", trees[0], "-n", trees[1], "--json", "-d", "6", "--rotations")
+    completed = cli("-a", trees[0], "-n", trees[1], "--json", "-d", "6", "--rotations")
     assert json.loads(completed.stdout)["settings"] | {"distance": 6, "rotations": True} == \
         json.loads(completed.stdout)["settings"]
