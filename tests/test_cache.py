@@ -174,7 +174,7 @@ def test_digests_are_taken_only_when_sizes_meet_and_added_to_cached_records(tree
 
 
 def test_records_of_another_algorithm_version_are_ignored_and_pruned(tmp_path, monkeypatch) -> None:
-    image = hs.find_images(copy_photo(0, tmp_path / "photos" / "a.jpg").parent).images[0]
+    image = hs.find_files(copy_photo(0, tmp_path / "photos" / "a.jpg").parent).files[0]
     fingerprint = hs.fingerprint_pixels(hs.decode_image(Path(image.path).read_bytes()), 8)
     cache = hs.HashCache(tmp_path / "c.sqlite3", 8, warn=pytest.fail)
     cache.store(image, fingerprint)

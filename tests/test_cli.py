@@ -49,18 +49,20 @@ def test_folders_are_named_by_their_path_from_the_needles_root(trees) -> None:
 
 
 def test_a_folder_is_in_the_haystack_only_when_every_image_in_it_matched() -> None:
-    def needle(rel: str, status: hs.NeedleStatus) -> hs.NeedleResult:
-        return hs.NeedleResult(rel, status)
+    def needle(rel: str, status: hs.NeedleStatus, kind: hs.Kind = hs.Kind.PHOTO) -> hs.NeedleResult:
+        return hs.NeedleResult(rel, kind, status)
     found = hs.folder_verdicts([
         needle("all/a.jpg", hs.NeedleStatus.MATCHED), needle("all/b.jpg", hs.NeedleStatus.MATCHED),
+        needle("all/b.xmp", hs.NeedleStatus.NOT_COMPARED, hs.Kind.SIDECAR),
         needle("some/a.jpg", hs.NeedleStatus.MATCHED), needle("some/b.jpg", hs.NeedleStatus.LOW_DETAIL),
-        needle("none/a.jpg", hs.NeedleStatus.MISSING), needle("none/b.heic", hs.NeedleStatus.UNSUPPORTED),
-        needle("top.jpg", hs.NeedleStatus.UNREADABLE)])
-    assert [(f.folder, f.verdict.value, f.images, f.matched, dict(f.unmatched)) for f in found] == [
-        (".", "not_in_haystack", 1, 0, {"unreadable": 1}),
-        ("all", "in_haystack", 2, 2, {}),
-        ("none", "not_in_haystack", 2, 0, {"missing": 1, "unsupported": 1}),
-        ("some", "partly_in_haystack", 2, 1, {"low_detail": 1})]
+        needle("none/a.jpg", hs.NeedleStatus.MISSING), needle("none/b.mov", hs.NeedleStatus.MISSING, hs.Kind.VIDEO),
+        needle("top.jpg", hs.NeedleStatus.UNREADABLE), needle("docs/a.pdf", hs.NeedleStatus.NOT_COMPARED, hs.Kind.OTHER)])
+    assert [(f.folder, f.verdict.value, f.compared, f.matched, f.not_compared) for f in found] == [
+        (".", "not_in_haystack", 1, 0, 0),
+        ("all", "in_haystack", 2, 2, 1),
+        ("docs", "nothing_compared", 0, 0, 1),
+        ("none", "not_in_haystack", 2, 0, 0),
+        ("some", "partly_in_haystack", 2, 1, 0)]
 
 
 def test_exit_status_is_0_when_every_needle_matched(trees) -> None:
@@ -69,7 +71,8 @@ def test_exit_status_is_0_when_every_needle_matched(trees) -> None:
     write_image(needles / "backup" / "a.png", cv2.imread(str(haystack / "2019" / "a.jpg")))
     completed = run_tool("-a", haystack, "-n", needles)
     assert completed.returncode == 0
-    assert completed.stdout == "Every needle folder is in the haystack: 1 folder, 1 image.\n"
+    assert completed.stdout == ("In the haystack (1 folder):\n  backup  1 of 1 image matched\n"
+                                "Every needle folder is in the haystack: 1 folder, 1 image.\n")
 
 
 def test_partly_imported_folder_is_listed_with_counts(trees) -> None:
@@ -97,17 +100,18 @@ def test_json_holds_the_whole_result(trees) -> None:
     document = json.loads(hs.render_json(result))
     assert document["tool"]["name"] == "hash_and_search" and document["tool"]["version"]
     assert document["settings"]["hash_size"] == 8
-    assert document["folders"] == [{"folder": "old", "verdict": "partly_in_haystack", "images": 3,
-                                    "matched": 1, "unmatched": {"missing": 1, "unreadable": 1}}]
+    assert document["folders"] == [{"folder": "old", "verdict": "partly_in_haystack", "compared": 3,
+                                    "matched": 1, "not_compared": 0,
+                                    "by_kind": {"photo": {"matched": 1, "missing": 1, "unreadable": 1}}}]
     needles_by_path = {n["path"]: n for n in document["needles"]}
     assert needles_by_path["old/a copy.jpg"]["match"] == {
-        "path": "lib/a.jpg", "distance": 0, "orientation": "as is", "similarity": None}
+        "path": "lib/a.jpg", "method": "byte_identical", "distance": 0, "orientation": "as is", "similarity": None}
     assert re.fullmatch(r"[0-9a-f]{16}", needles_by_path["old/a copy.jpg"]["hash"])
     assert needles_by_path["old/new.jpg"]["status"] == "missing" and needles_by_path["old/new.jpg"]["match"] is None
     assert needles_by_path["old/broken.jpg"]["status"] == "unreadable"
     assert document["unreadable"] == [{"tree": "needles", "path": "old/broken.jpg",
                                        "reason": needles_by_path["old/broken.jpg"]["reason"]}]
-    assert document["totals"]["needle_images"] == 3 and document["totals"]["needles_matched"] == 1
+    assert document["totals"]["needle_files"] == 3 and document["totals"]["needles_matched"] == 1
     assert result.exit_code == 1
 
 
@@ -117,7 +121,7 @@ def test_summary_on_stderr_counts_images(trees) -> None:
         copy_photo(0, haystack / name)
     copy_photo(1, needles / "b.jpg")
     completed = run_tool("-a", haystack, "-n", needles)
-    assert "haystack: 2 images hashed, 0 unreadable, 0 unsupported" in completed.stderr
+    assert "haystack: 2 images hashed, 0 unreadable, in " in completed.stderr
     assert "needles: 1 image hashed" in completed.stderr
     assert run_tool("-a", haystack, "-n", needles, "--quiet").stderr == ""
 

@@ -142,7 +142,7 @@ def test_nearest_match_is_reported(trees) -> None:
     write_image(haystack / "same.png", pixels)
     write_image(needles / "copy.png", pixels)
     needle = by_path(run_trees(haystack, needles, distance=16))["copy.png"]
-    assert needle.match == hs.Match("same.png", distance=0, orientation=0, similarity=None)
+    assert needle.match == hs.Match("same.png", hs.Method.BYTE_IDENTICAL, distance=0, orientation=0, similarity=None)
     assert orientation(needle) == "as is"
 
 
