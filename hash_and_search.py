@@ -582,8 +582,10 @@ def _pil():
 
 @functools.cache
 def _jxl_decoder():
-    from pillow_jxl import Decoder
-
+    try:  # optional: its licence is the GPL, unlike the other decoders' (see the README)
+        from pillow_jxl import Decoder
+    except ImportError:
+        raise UnreadableImage("JPEG XL needs pillow-jxl-plugin, which is not installed") from None
     return Decoder(num_threads=0)  # 0: decode on the calling thread only, as for OpenCV
 
 

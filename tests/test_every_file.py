@@ -286,3 +286,16 @@ def test_system_folders_are_counted_never_walked(trees) -> None:
     copy_photo(1, needles / "x" / ".Trashes" / "b.jpg")
     result = run(haystack, needles)
     assert statuses(result) == {"x/.Trashes/": STATUS.NOT_COMPARED, "x/a.jpg": STATUS.MISSING}
+
+
+def test_without_the_jpeg_xl_plugin_a_jxl_is_unreadable_with_the_reason(trees, monkeypatch) -> None:
+    haystack, needles = trees
+    copy_photo(0, haystack / "a.jpg")
+    put(needles / "x" / "b.jxl", media.make_jxl(read_photo(1)))
+    hs._jxl_decoder.cache_clear()
+    monkeypatch.setitem(__import__("sys").modules, "pillow_jxl", None)  # import fails as if not installed
+    try:
+        reasons = {needle.rel: needle.reason for needle in run(haystack, needles).results}
+    finally:
+        hs._jxl_decoder.cache_clear()
+    assert reasons["x/b.jxl"] == "JPEG XL needs pillow-jxl-plugin, which is not installed"
