@@ -100,15 +100,16 @@ SYSTEM_FOLDER_NAMES = frozenset(name.lower() for name in (
     "$RECYCLE.BIN", "System Volume Information", ".thumbnails"))
 APPLE_DOUBLE_PREFIX = "._"  # macOS writes ._NAME beside NAME on other disks: resource forks, not images
 
-# Mean absolute step, in grey levels, between horizontally adjacent pixels of the shrunken
-# image below which its hash bits are decided by rounding noise. Measured on the 46 sample
-# photos: the flattest (a starfield) has 3.7; black, white and uniform frames have 0 to 0.5.
-LOW_DETAIL_MAX_MEAN_STEP = 2.0
-
-# Side of the greyscale thumbnail kept to confirm near matches, and the least similarity
-# (see signature_similarity) that confirms one: chosen by benchmarks/calibrate.py.
-SIGNATURE_SIZE = 24
-CONFIRM_MIN_SIMILARITY = 0.7
+# The signature kept to confirm a match: the exact area-mean thumbnail the hash is summed from,
+# shrunk to 36 x 36 and stretched to 0..255 so that night and fog photos keep their levels:
+# 1,296 bytes an image.
+SIGNATURE_SIDE = 36
+# Below this spread of the signature's levels (1st to 99th percentile of its cells, in grey
+# levels of the decoded image) a frame has nothing a person can see: a uniform colour, a black
+# frame. Direction-free, unlike a test of left-right steps that refused horizons. The flattest
+# generated scene that shows something (fog at 15% contrast) spreads 22; no photo of 39 held out
+# (night, fog and horizon ones included) fell under it (benchmarks/hard_calibration.py).
+LOW_DETAIL_MAX_SPREAD = 4.0
 RECOMMENDED_DISTANCE = 8  # every calibration copy matches from 4 on; 8 leaves room for stronger edits
 
 
@@ -657,10 +658,24 @@ def dhash(small) -> int:
     return int.from_bytes(np.packbits(brighter, axis=None, bitorder="little").tobytes(), "little")
 
 
-def is_low_detail(small_means) -> bool:
-    """Blank frames, white pages, flat skies: their hash bits are noise and match each other."""
+def signature_cells(means):
+    """The thumbnail's means on the signature's 36 x 36 grid (exact 2 x 2 blocks at hash size 8)."""
+    cv2, np = _cv2(), _np()
+    return cv2.resize(means.astype(np.float32), (SIGNATURE_SIDE, SIGNATURE_SIDE), interpolation=cv2.INTER_AREA)
+
+
+def make_signature(cells) -> bytes:
     np = _np()
-    return float(np.abs(np.diff(small_means, axis=1)).mean()) < LOW_DETAIL_MAX_MEAN_STEP
+    low, high = float(cells.min()), float(cells.max())
+    return np.rint((cells - low) * (255 / max(high - low, 1e-9))).astype(np.uint8).tobytes()
+
+
+def is_low_detail(cells) -> bool:
+    """No visible structure in either direction, whatever the image's brightness: the spread of
+    its levels, not the size of its horizontal steps (a night photo or a horizon has small steps
+    but a picture a person recognises). Blank frames match each other by hash: no evidence."""
+    low, high = _np().percentile(cells, [1, 99])
+    return float(high - low) < LOW_DETAIL_MAX_SPREAD
 
 
 def format_hash(value: int, hash_size: int) -> str:
@@ -685,7 +700,7 @@ class Fingerprint:
     digest: bytes  # of the file's bytes, when taken (b"" if not): finds byte-for-byte copies
     hashes: tuple[int, ...] = ()  # the dHash of the image in each of the ORIENTATIONS
     low_detail: bool = False
-    signature: bytes = b""  # a SIGNATURE_SIZE-square greyscale thumbnail, to confirm near matches
+    signature: bytes = b""  # a SIGNATURE_SIDE-square greyscale thumbnail, to confirm matches
     reason: str | None = None  # why the file could not be hashed
 
     @property
@@ -697,16 +712,13 @@ def fingerprint_pixels(pixels, hash_size: int) -> Fingerprint:
     """Hashes in every orientation and the signature, all from one exact thumbnail whose
     side, hash_size * (hash_size + 1), splits into whole blocks both ways: a block grid of
     hash_size + 1 columns and hash_size rows is the dHash grid, turned or not."""
-    np, cv2 = _np(), _cv2()
     grey = to_grey(pixels)
     side = hash_size * (hash_size + 1)
     thumbnail = area_sums(grey, side, side)
     hashes = tuple(dhash(block_sums(orient(thumbnail, k), hash_size + 1, hash_size))
                    for k in range(len(ORIENTATIONS)))
-    means = thumbnail / (grey.shape[0] * grey.shape[1])
-    small = block_sums(means, hash_size + 1, hash_size) / side  # each block is side thumbnail cells
-    signature = cv2.resize(means.astype(np.float32), (SIGNATURE_SIZE, SIGNATURE_SIZE), interpolation=cv2.INTER_AREA)
-    return Fingerprint(b"", hashes, is_low_detail(small), np.rint(signature).astype(np.uint8).tobytes())
+    cells = signature_cells(thumbnail / (grey.shape[0] * grey.shape[1]))
+    return Fingerprint(b"", hashes, is_low_detail(cells), make_signature(cells))
 
 
 def block_sums(square, width: int, height: int):
@@ -762,7 +774,7 @@ def fingerprint_file(file: FoundFile, hash_size: int, haystack_by_digest: Mappin
 # ---------------------------------------------------------------------------------------
 
 # Bump when a change to decoding or hashing changes any value: older records are then ignored.
-ALGORITHM_VERSION = 1
+ALGORITHM_VERSION = 2  # 2: the 36 x 36 stretched signature, low detail by the spread of levels
 CACHE_SCHEMA_VERSION = 2  # 2: the column "error" became "reason"
 CACHE_BATCH = 64  # records per transaction: the most that Ctrl-C or kill -9 can lose
 CACHE_LOCK_TIMEOUT_S = 30.0  # how long to wait for another run's write to finish
@@ -1158,25 +1170,182 @@ def _flip_masks(length: int, radius: int):
                      for bits in itertools.combinations(range(length), flips)], dtype=np.uint64)
 
 
-def signature_similarity(needle: bytes, haystack: bytes, orientation: int = 0) -> float:
-    """Correlation of the brightness gradients of two signatures, the needle's turned first:
-    about 1 for the same picture however re-encoded or edited, far lower for an overlapping
-    crop, as of a neighbouring burst shot (the gradients no longer line up)."""
+# ---------------------------------------------------------------------------------------
+# Confirm: is the needle a copy of the haystack image, or another shot of the same scene?
+# ---------------------------------------------------------------------------------------
+
+# Blur before comparing, in signature pixels: 2 x 2 block means alias fine periodic detail
+# (lines of text, tile grout); a 2% crop then changes the aliased pattern completely.
+COMPARE_BLUR = 0.7
+# Gauss-Newton steps of the alignment; shifts up to 3 px (8% of the frame) converge in 5.
+ALIGN_STEPS = 6
+# How far, as a share of the side, the two frames may fail to nest inside each other: a crop
+# of up to 2% a side or a 1° straightening nests (worst copy 0.4%), a camera moved 2% does not
+# (it overshoots by 2%; measured 0.9% at the least when the scene barely changes along the move).
+MAX_OVERSHOOT = 0.010
+MAX_SCALE_CHANGE = 0.05  # crops of up to 2% a side change the scale by at most 4%
+MAX_ROTATION = 0.035  # radians: 2°, room for a 1° straightening or rescan
+MIN_OVERLAP = 0.85  # share of the haystack signature the aligned needle covers
+# A pixel has changed when the aligned, tone-matched needle differs from the haystack by more
+# than this many standard deviations of the haystack and by more than half the largest change
+# (so that a moved subject is measured at its own contrast, not its blurred skirt) ...
+CHANGE_MIN_DEVIATIONS = 0.75
+# ... and a copy has at most this share of changed pixels: a 0.8% sticker reaches 0.8%, a
+# subject of 1.5% moved changes it in two places.
+MAX_CHANGED_SHARE = 0.005
+# Aligned correlation above which a needle that is no copy is reported as similar: another
+# shot of the same scene (bursts: 0.9 and more; unrelated photos within distance 16: below 0.7).
+SIMILAR_MIN_CORRELATION = 0.8
+
+# A candidate pair whose signatures, blurred and standardised but not aligned, correlate less
+# than this is no copy, and is not aligned at all: the alignment costs about 3 ms a pair, this
+# test microseconds. See benchmarks/hard_calibration.py for the copies it keeps.
+PREFILTER_MIN_CORRELATION = 0.5
+
+_CENTRE = (SIGNATURE_SIDE - 1) / 2
+
+
+def _stack(signatures, orientations):
     np = _np()
+    return np.stack([orient(np.frombuffer(s, np.uint8).reshape(SIGNATURE_SIDE, SIGNATURE_SIDE), k)
+                     for s, k in zip(signatures, orientations)]).astype(np.float32)
 
-    def gradients(signature: bytes, k: int):
-        thumb = orient(np.frombuffer(signature, np.uint8).reshape(SIGNATURE_SIZE, -1).astype(np.float64), k)
-        steps = np.concatenate([np.diff(thumb, axis=0).ravel(), np.diff(thumb, axis=1).ravel()])
-        return steps - steps.mean()
 
-    x, y = gradients(needle, orientation), gradients(haystack, 0)
-    norm = math.sqrt(float(x @ x) * float(y @ y))
-    return float(x @ y) / norm if norm else 0.0
+def _blur(x, sigma: float):
+    np = _np()
+    r = int(np.ceil(2.5 * sigma))
+    k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2).astype(np.float32)
+    k /= k.sum()
+    for axis in (1, 2):
+        padded = np.pad(x, [(0, 0)] + [(r, r) if a == axis else (0, 0) for a in (1, 2)], mode="edge")
+        x = sum(k[i] * padded.take(range(i, i + SIGNATURE_SIDE), axis=axis) for i in range(2 * r + 1))
+    return x
+
+
+def _standardise(x):
+    np = _np()
+    x = x - x.mean(axis=(1, 2), keepdims=True)
+    return x / np.maximum(x.std(axis=(1, 2), keepdims=True), 1e-6)
+
+
+def _sample(images, X, Y):
+    """Bilinear samples of each image at (X, Y), and whether each point lies on the image."""
+    np = _np()
+    side = SIGNATURE_SIDE
+    inside = (X >= -0.5) & (X <= side - 0.5) & (Y >= -0.5) & (Y <= side - 0.5)
+    X, Y = np.clip(X, 0, side - 1.001), np.clip(Y, 0, side - 1.001)
+    x0, y0 = X.astype(np.int32), Y.astype(np.int32)
+    fx, fy = X - x0, Y - y0
+    flat = images.reshape(len(images), -1)
+    at = np.take_along_axis
+    i00 = (y0 * side + x0).reshape(len(images), -1)
+    v00, v01 = at(flat, i00, 1), at(flat, i00 + 1, 1)
+    v10, v11 = at(flat, i00 + side, 1), at(flat, i00 + side + 1, 1)
+    fx, fy = fx.reshape(len(images), -1), fy.reshape(len(images), -1)
+    top, bottom = v00 + (v01 - v00) * fx, v10 + (v11 - v10) * fx
+    return (top + (bottom - top) * fy).reshape(X.shape), inside
+
+
+def _box(x, r: int):
+    """Means over (2r+1)-square windows, edges replicated."""
+    np = _np()
+    w = 2 * r + 1
+    p = np.pad(x, ((0, 0), (r + 1, r), (r + 1, r)), mode="edge").cumsum(1).cumsum(2)
+    return (p[:, w:, w:] - p[:, :-w, w:] - p[:, w:, :-w] + p[:, :-w, :-w]) / (w * w)
+
+
+def align(N, H):
+    """Fit N(warp(p)) ~ gain * H(p) + offset, warp = shift, scale per axis, rotation about the
+    centre: Gauss-Newton with the mean of both images' gradients (ESM), all pairs at once.
+    Returns the parameters (dx, dy, sx, sy, angle, gain, offset), N warped onto H, and
+    where the warped N lies on the needle's frame."""
+    np = _np()
+    count, side = len(N), SIGNATURE_SIDE
+    y, x = np.mgrid[0:side, 0:side].astype(np.float32)
+    u, v = x - _CENTRE, y - _CENTRE
+    params = np.zeros((count, 7), np.float32)
+    params[:, 5] = 1
+    gHy, gHx = np.gradient(H, axis=(1, 2))
+    ones = np.ones_like(H)
+
+    def warped():
+        dx, dy, sx, sy, angle = (params[:, i, None, None] for i in range(5))
+        return _sample(N, x + dx + sx * u - angle * v, y + dy + sy * v + angle * u)
+
+    for _ in range(ALIGN_STEPS):
+        Nw, inside = warped()
+        gNy, gNx = np.gradient(Nw, axis=(1, 2))
+        gx, gy = (gNx + gHx) / 2, (gNy + gHy) / 2
+        J = np.stack([gx, gy, gx * u, gy * v, gy * u - gx * v, -H, -ones], axis=1).reshape(count, 7, -1)
+        Jw = J * inside.reshape(count, 1, -1)
+        error = (Nw - params[:, 5, None, None] * H - params[:, 6, None, None]).reshape(count, -1, 1)
+        A = Jw @ J.transpose(0, 2, 1)
+        A += np.eye(7, dtype=np.float32) * (1e-6 * A.trace(axis1=1, axis2=2)[:, None, None] + 1e-6)
+        params += np.linalg.solve(A, -(Jw @ error))[..., 0]
+    Nw, inside = warped()
+    return params, Nw, inside
+
+
+def _overshoot(params):
+    """How far (share of the side) the needle's frame and the haystack's fail to nest one in
+    the other, along x and y combined: 0 for a copy or a crop, the move for a burst neighbour."""
+    np = _np()
+    side, total = SIGNATURE_SIDE, 0
+    for shift, scale in ((params[:, 0], params[:, 2]), (params[:, 1], params[:, 3])):
+        low = _CENTRE + (-0.5 - _CENTRE - shift) / (1 + scale)  # the needle's edges, in
+        high = _CENTRE + (side - 0.5 - _CENTRE - shift) / (1 + scale)  # haystack pixels
+        needle_out = np.maximum(np.maximum(-0.5 - low, high - (side - 0.5)), 0)
+        haystack_out = np.maximum(np.maximum(low + 0.5, (side - 0.5) - high), 0)
+        total = total + (np.minimum(needle_out, haystack_out) / side) ** 2
+    return np.sqrt(total)
+
+
+def confirm_many(needles: Sequence[bytes], haystacks: Sequence[bytes], orientations: Sequence[int]):
+    """For each pair (needle signature turned by its orientation, haystack signature): is the
+    needle a copy, and the correlation of the aligned signatures (for "similar").
+
+    A copy aligns with the haystack image by at most a light crop, scale or straightening,
+    its frame nests inside the other's (a burst neighbour's overshoots by the camera's move),
+    and once tone and smooth changes (vignette, uneven paper) are taken out, almost none of its
+    pixels changed (a moved subject, another caption, other rows of a screen change many)."""
+    np = _np()
+    N = _standardise(_blur(_stack(needles, orientations), COMPARE_BLUR))
+    H = _standardise(_blur(_stack(haystacks, [0] * len(haystacks)), COMPARE_BLUR))
+    is_copy, similarity = np.zeros(len(N), bool), np.zeros(len(N))
+    worth = (N * H).mean(axis=(1, 2)) >= PREFILTER_MIN_CORRELATION
+    if worth.any():
+        is_copy[worth], similarity[worth] = _confirm_aligned(N[worth], H[worth])
+    return is_copy, similarity
+
+
+def _confirm_aligned(N, H):
+    np = _np()
+    params, Nw, inside = align(N, H)
+    shares = inside.mean(axis=(1, 2))
+    # The copy test is on the residual after the fitted tone and any smooth change (vignette,
+    # uneven paper of a rescan) are taken out: what is left is changed content.
+    residual = np.where(inside, Nw - params[:, 5, None, None] * H - params[:, 6, None, None], 0)
+    weight = _box(_box(inside.astype(np.float32), 3), 3)
+    change = np.abs(residual - _box(_box(residual, 3), 3) / np.maximum(weight, 1e-3)) * inside
+    largest = change.max(axis=(1, 2), keepdims=True)
+    changed = (change > np.maximum(CHANGE_MIN_DEVIATIONS, largest / 2)).mean(axis=(1, 2))
+    fitted = ((np.abs(params[:, 2:4]) <= MAX_SCALE_CHANGE).all(axis=1) & (np.abs(params[:, 4]) <= MAX_ROTATION)
+              & (params[:, 5] > 0) & (shares >= MIN_OVERLAP))
+    is_copy = fitted & (_overshoot(params) <= MAX_OVERSHOOT) & (changed <= MAX_CHANGED_SHARE)
+    n, h = np.where(inside, Nw, 0), np.where(inside, H, 0)
+    n = n - n.sum(axis=(1, 2), keepdims=True) / inside.sum(axis=(1, 2), keepdims=True).clip(1)
+    h = h - h.sum(axis=(1, 2), keepdims=True) / inside.sum(axis=(1, 2), keepdims=True).clip(1)
+    n, h = n * inside, h * inside
+    similarity = (n * h).sum(axis=(1, 2)) / np.sqrt((n * n).sum(axis=(1, 2)) * (h * h).sum(axis=(1, 2)) + 1e-9)
+    return is_copy, np.where(fitted, similarity, 0.0)
+
+
 
 
 class NeedleStatus(Status):
     MATCHED = "matched", "matched"
     MISSING = "missing", "not found"
+    SIMILAR = "similar", "similar"  # near-identical to a haystack image, but another shot: not matched
     LOW_DETAIL = "low_detail", "low detail"
     UNREADABLE = "unreadable", "unreadable"
     NOT_COMPARED = "not_compared", "not compared"  # sidecars, system files, any other file
@@ -1207,6 +1376,7 @@ class NeedleResult:
     hash: int | None = None
     matches: tuple[Match, ...] = ()  # best first; every copy only when Settings.all_matches
     reason: str | None = None
+    similar: Match | None = None  # for SIMILAR: the haystack image it resembles
 
     @property
     def folder(self) -> str:
@@ -1233,54 +1403,79 @@ def find_byte_copies(haystack: Tree, needles: Tree) -> dict[int, list[Match]]:
     return found
 
 
-def find_candidates(haystack: Tree, needles: Tree, settings: Settings) -> dict[int, list[tuple[int, int, int]]]:
+def index_keys(hashes: tuple[int, ...], orientation: int) -> tuple[int, int]:
+    """The two keys of an image turned by `orientation`: its dHash, and the dHash of it turned
+    a further 90 degrees clockwise, whose bits compare vertical neighbours. The second finds the
+    copies of a horizon or a page of text, whose left-right steps are too small to be stable."""
+    return hashes[orientation], hashes[(orientation // 4) * 4 + (orientation + 1) % 4]
+
+
+def find_candidates(haystack: Tree, needles: Tree, settings: Settings,
+                    only: Container[int] | None = None) -> dict[int, list[tuple[int, int, int]]]:
     """Needle position -> (bits apart, orientation, haystack position) of every haystack image
-    whose hash is within the distance of the needle's in one of the orientations tried,
-    nearest first, as is before turned. Low-detail images have none; a file is never a
-    candidate for itself."""
+    one of whose two keys is within the distance of the needle's in one of the orientations
+    tried, nearest first, as is before turned; for the needles in `only`, if given. Low-detail
+    images have none; a file is never a candidate for itself."""
     hay, needle_prints = haystack.fingerprints, needles.fingerprints
     usable = [i for i, fingerprint in enumerate(hay) if fingerprint.hashes and not fingerprint.low_detail]
     orientations = range(len(ORIENTATIONS) if settings.rotations else 1)
     queries = [(n, k) for n, fingerprint in enumerate(needle_prints)
-               if fingerprint.hashes and not fingerprint.low_detail for k in orientations]
-    if settings.distance == 0:  # a dictionary: no index to build, no numpy to import on a cached run
-        with_hash: dict[int, list[int]] = defaultdict(list)
-        for i in usable:
-            with_hash[hay[i].hash].append(i)
-        searched = [[(i, 0) for i in with_hash.get(needle_prints[n].hashes[k], ())] for n, k in queries]
-    else:
-        index = HammingIndex([hay[i].hash for i in usable], settings.hash_size ** 2)
-        searched = [[(usable[position], bits) for position, bits in found] for found in
-                    index.search([needle_prints[n].hashes[k] for n, k in queries], settings.distance)]
-    candidates: dict[int, list[tuple[int, int, int]]] = defaultdict(list)
-    for (n, k), found in zip(queries, searched):
-        candidates[n] += [(bits, k, i) for i, bits in found
-                          if haystack.scan.files[i].identity != needles.scan.files[n].identity]
-    return {n: sorted(found) for n, found in candidates.items() if found}
+               if fingerprint.hashes and not fingerprint.low_detail and (only is None or n in only)
+               for k in orientations]
+    found_by_key = []  # for each of the two keys: for each query, [(haystack position, bits apart)]
+    for key in (0, 1):  # a needle's horizontal key against the haystack's horizontal ones, and so on
+        needle_keys = [index_keys(needle_prints[n].hashes, k)[key] for n, k in queries]
+        if settings.distance == 0:  # a dictionary: no index to build, no numpy to import on a cached run
+            with_key: dict[int, list[int]] = defaultdict(list)
+            for i in usable:
+                with_key[hay[i].hashes[key]].append(i)
+            found_by_key.append([[(i, 0) for i in with_key.get(needle_key, ())] for needle_key in needle_keys])
+        else:
+            index = HammingIndex([hay[i].hashes[key] for i in usable], settings.hash_size ** 2)
+            found_by_key.append([[(usable[position], bits) for position, bits in found]
+                                 for found in index.search(needle_keys, settings.distance)])
+    candidates: dict[int, dict[tuple[int, int], int]] = defaultdict(dict)  # (haystack, orientation) -> bits
+    for (n, k), *found_keys in zip(queries, *found_by_key):
+        for i, bits in itertools.chain(*found_keys):
+            if haystack.scan.files[i].identity != needles.scan.files[n].identity:
+                candidates[n][i, k] = min(bits, candidates[n].get((i, k), bits))
+    return {n: sorted((bits, k, i) for (i, k), bits in found.items()) for n, found in candidates.items()}
 
 
-def find_matches(haystack: Tree, needles: Tree, settings: Settings) -> dict[int, list[Match]]:
-    """Needle position -> its confirmed perceptual matches in the haystack, nearest first: the
-    best only, or every one with settings.all_matches. A match above distance 0 counts only
-    when the signatures confirm it."""
-    found: dict[int, list[Match]] = {}
-    for n, candidates in find_candidates(haystack, needles, settings).items():
-        needle = needles.fingerprints[n]
-        for bits, k, i in candidates:
-            similarity = None if bits == 0 else signature_similarity(needle.signature, haystack.fingerprints[i].signature, k)
-            if similarity is None or similarity >= CONFIRM_MIN_SIMILARITY:
-                method = Method.SAME_HASH if bits == 0 else Method.WITHIN_DISTANCE
-                found.setdefault(n, []).append(Match(haystack.scan.files[i].rel, method, bits, k, similarity))
-                if not settings.all_matches:
-                    break
-    return found
+# Candidates confirmed per needle at the most, nearest first: a degenerate hash (a sunset's all
+# ones) can have thousands, and a copy is among the nearest.
+MAX_CANDIDATES_CONFIRMED = 32
+
+
+def find_matches(haystack: Tree, needles: Tree, settings: Settings,
+                 only: Container[int] | None = None) -> tuple[dict[int, list[Match]], dict[int, Match]]:
+    """Needle position -> its confirmed copies in the haystack, nearest first (the best only,
+    or every one with settings.all_matches); and, for a needle with none, the most similar
+    haystack image that is no copy: another shot of the same scene. Every match is confirmed,
+    at distance 0 too: equal hashes alone say little of a sunset gradient or a texture."""
+    candidates = {n: found[:MAX_CANDIDATES_CONFIRMED]
+                  for n, found in find_candidates(haystack, needles, settings, only).items()}
+    pairs = [(n, bits, k, i) for n, found in candidates.items() for bits, k, i in found]
+    is_copy, similarity = confirm_many([needles.fingerprints[n].signature for n, _, _, _ in pairs],
+                                       [haystack.fingerprints[i].signature for _, _, _, i in pairs],
+                                       [k for _, _, k, _ in pairs]) if pairs else ((), ())
+    copies: dict[int, list[Match]] = defaultdict(list)
+    similar: dict[int, Match] = {}
+    for (n, bits, k, i), copy, score in zip(pairs, is_copy, similarity):
+        method = Method.SAME_HASH if bits == 0 else Method.WITHIN_DISTANCE
+        match = Match(haystack.scan.files[i].rel, method, bits, k, round(float(score), 3))
+        if copy and (settings.all_matches or not copies[n]):
+            copies[n].append(match)
+        elif not copy and score >= SIMILAR_MIN_CORRELATION and score > getattr(similar.get(n), "similarity", 0):
+            similar[n] = match
+    return {n: found for n, found in copies.items() if found}, {n: m for n, m in similar.items() if n not in copies}
 
 
 def match_needles(haystack: Tree, needles: Tree, settings: Settings) -> list[NeedleResult]:
     """Every needle file with its status, sorted by path: matched (byte for byte first, then
     by picture), not found, or why it was not compared."""
     byte_copies = find_byte_copies(haystack, needles)
-    matches = find_matches(haystack, needles, settings)
+    matches, similar = find_matches(haystack, needles, settings)
     results = [NeedleResult(problem.rel, problem.kind, NeedleStatus.UNREADABLE, reason=problem.reason)
                for problem in needles.scan.unreadable]
     results += [NeedleResult(file.rel, file.kind, NeedleStatus.NOT_COMPARED) for file in needles.scan.not_compared]
@@ -1295,10 +1490,40 @@ def match_needles(haystack: Tree, needles: Tree, settings: Settings) -> list[Nee
         elif fingerprint.low_detail:
             results.append(NeedleResult(file.rel, file.kind, NeedleStatus.LOW_DETAIL, fingerprint.hash,
                                         reason="too little detail to tell"))
+        elif n in similar:
+            results.append(NeedleResult(file.rel, file.kind, NeedleStatus.SIMILAR, fingerprint.hash,
+                                        similar=similar[n]))
         else:
             results.append(NeedleResult(file.rel, file.kind, NeedleStatus.MISSING, fingerprint.hash))
     results.sort(key=lambda result: result.rel)
     return results
+
+
+@dataclass(frozen=True, slots=True)
+class Hint:
+    """Unmatched needle images that a wider search would match: how many, and the option."""
+
+    count: int
+    option: str
+
+
+def find_hints(haystack: Tree, needles: Tree, settings: Settings, results: Sequence[NeedleResult]) -> list[Hint]:
+    """What the recommended distance, and turning, would add to this run's matches, confirmed
+    as any match: so that a default run never misses ordinary copies without saying so."""
+    unmatched_rels = {result.rel for result in results
+                      if result.status in (NeedleStatus.MISSING, NeedleStatus.SIMILAR)}
+    unmatched = {n for n, file in enumerate(needles.scan.files) if file.rel in unmatched_rels}
+    wider = [(f"--distance {RECOMMENDED_DISTANCE}",
+              dataclasses.replace(settings, distance=RECOMMENDED_DISTANCE, all_matches=False))
+             ] if settings.distance < RECOMMENDED_DISTANCE else []
+    if not settings.rotations:
+        wider.append(("--rotations", dataclasses.replace(settings, rotations=True, all_matches=False)))
+    hints = []
+    for option, setting in wider:
+        copies, _ = find_matches(haystack, needles, setting, unmatched) if unmatched else ({}, {})
+        if copies:
+            hints.append(Hint(len(copies), option))
+    return hints
 
 
 class Verdict(Status):
@@ -1385,7 +1610,16 @@ def render_text(result: RunResult, list_missing: bool = False, list_matched: boo
         lines.append(f"Every needle folder is in the haystack: {_count(len(done), 'folder')}, {files_done}.")
     else:
         lines.append(f"In the haystack: {_count(len(done), 'folder')}, {files_done}.")
+    lines += [hint_line(hint) for hint in result.hints]
     return "\n".join(lines) + "\n"
+
+
+def hint_line(hint: Hint) -> str:
+    if hint.option == "--rotations":
+        return (f"Hint: {_count(hint.count, 'unmatched image')} {'matches' if hint.count == 1 else 'match'} when"
+                " turned or mirrored: run with --rotations.")
+    return (f"Hint: {_count(hint.count, 'unmatched image')} {'has' if hint.count == 1 else 'have'} a confirmed copy"
+            f" within {hint.option[2:]}: run with {hint.option} to count {'it' if hint.count == 1 else 'them'}.")
 
 
 def _file_name(needle: NeedleResult) -> str:
@@ -1433,6 +1667,8 @@ def _noun(kinds: set[Kind]) -> str:
 def needle_note(needle: NeedleResult) -> str:
     if needle.status == NeedleStatus.NOT_COMPARED:
         return f"{needle.kind.label}, not compared"
+    if needle.status == NeedleStatus.SIMILAR:
+        return f"similar to {needle.similar.path} (similarity {needle.similar.similarity:.2f}), but another shot"
     return f"{needle.status.label}: {needle.reason}"
 
 
@@ -1489,6 +1725,7 @@ def render_json(result: RunResult) -> str:
              "hash": None if needle.hash is None else format_hash(needle.hash, settings.hash_size),
              "match": None if needle.match is None else _match_json(needle.match),
              **({"matches": [_match_json(match) for match in needle.matches]} if settings.all_matches else {}),
+             "similar": None if needle.similar is None else _match_json(needle.similar),
              "reason": needle.reason}
             for needle in result.results
         ],
@@ -1496,6 +1733,7 @@ def render_json(result: RunResult) -> str:
             {"tree": tree.name, "path": problem.rel, "reason": problem.reason}
             for tree in (result.haystack, result.needles) for problem in tree.unreadable
         ],
+        "hints": [{"count": hint.count, "option": hint.option} for hint in result.hints],
         "elapsed_seconds": round(result.elapsed, 3),
     }
     return json.dumps(document, indent=2) + "\n"
@@ -1508,7 +1746,7 @@ def _match_json(match: Match) -> dict[str, object]:
 
 
 CSV_COLUMNS = ("needle", "folder", "kind", "status", "match", "method", "distance", "similarity", "orientation",
-               "reason")
+               "similar_to", "reason")
 
 
 def render_csv(result: RunResult) -> str:
@@ -1524,7 +1762,7 @@ def render_csv(result: RunResult) -> str:
                 *(("", "", "", "", "") if match is None else (
                     match.path, match.method, match.distance,
                     "" if match.similarity is None else f"{match.similarity:.3f}", ORIENTATIONS[match.orientation])),
-                needle.reason or ""))
+                "" if needle.similar is None else needle.similar.path, needle.reason or ""))
     return out.getvalue()
 
 
@@ -1694,6 +1932,7 @@ class RunResult:
     haystack: Tree
     needles: Tree
     results: tuple[NeedleResult, ...]  # every needle file, sorted by path
+    hints: tuple[Hint, ...]  # what a wider search would add
     cache_path: Path | None  # the cache used, if any
     pruned: int | None  # records forgotten by prune_cache, if asked
     elapsed: float
@@ -1793,8 +2032,9 @@ def run(haystack: str | os.PathLike[str], needles: str | os.PathLike[str], setti
         if cache:
             cache.close()
     results = match_needles(haystack_tree, needles_tree, settings)
+    hints = find_hints(haystack_tree, needles_tree, settings, results)
     return RunResult(settings, haystack_root, needles_root, haystack_tree, needles_tree, tuple(results),
-                     None if cache is None else cache.path, pruned, time.perf_counter() - started)
+                     tuple(hints), None if cache is None else cache.path, pruned, time.perf_counter() - started)
 
 
 # ---------------------------------------------------------------------------------------

@@ -52,7 +52,8 @@ def test_turned_and_mirrored_hashes_are_those_of_the_turned_pixels() -> None:
     for k in range(len(hs.ORIENTATIONS)):
         turned = fingerprint(np.ascontiguousarray(hs.orient(pixels, k)))
         assert turned.hash == fp.hashes[k]
-        assert hs.signature_similarity(fp.signature, turned.signature, k) > 0.999
+        is_copy, similarity = hs.confirm_many([fp.signature], [turned.signature], [k])
+        assert is_copy[0] and similarity[0] > 0.999
 
 
 def test_thumbnail_hash_equals_the_direct_area_hash() -> None:
@@ -72,16 +73,20 @@ def burst_pair(pixels: np.ndarray, shift: float) -> tuple[np.ndarray, np.ndarray
     return pixels[:ch, :cw], pixels[dy:dy + ch, dx:dx + cw]
 
 
-def test_signatures_tell_edited_copies_from_burst_shots() -> None:
+def test_confirmation_tells_edited_copies_from_burst_shots() -> None:
+    copies, bursts = [], []
     for index in range(len(PHOTOS)):
         pixels = read_photo(index)
         fp = fingerprint(pixels)
         for edited in (gamma(pixels, 0.7), cv2.GaussianBlur(pixels, (0, 0), 2),
                        cv2.resize(pixels, None, fx=0.25, fy=0.25, interpolation=cv2.INTER_AREA)):
-            assert hs.signature_similarity(fingerprint(edited).signature, fp.signature) >= hs.CONFIRM_MIN_SIMILARITY
-        for shift in (0.05, 0.10, 0.25):
+            copies.append((fingerprint(edited).signature, fp.signature))
+        for shift in (0.03, 0.05, 0.10, 0.25):
             first, second = map(fingerprint, burst_pair(pixels, shift))
-            assert hs.signature_similarity(second.signature, first.signature) < hs.CONFIRM_MIN_SIMILARITY
+            bursts.append((second.signature, first.signature))
+    for pairs, expected in ((copies, True), (bursts, False)):
+        is_copy, _ = hs.confirm_many([n for n, _ in pairs], [h for _, h in pairs], [0] * len(pairs))
+        assert list(is_copy) == [expected] * len(pairs)
 
 
 def orientation(needle: hs.NeedleResult) -> str:
@@ -99,9 +104,7 @@ def test_distance_finds_edited_copies_that_exact_matching_misses(trees) -> None:
     assert near.exit_code == 0
     for i, needle in enumerate(sorted(near.results, key=lambda n: int(n.rel[7:-4]))):
         assert needle.match.path == f"{i}.png"
-        assert needle.match.distance <= 8
-        if needle.match.distance:
-            assert needle.match.similarity >= hs.CONFIRM_MIN_SIMILARITY
+        assert needle.match.distance <= 8 and needle.match.similarity >= hs.SIMILAR_MIN_CORRELATION
 
 
 def test_burst_shots_are_not_matched_even_at_distance_16(trees) -> None:
@@ -111,7 +114,8 @@ def test_burst_shots_are_not_matched_even_at_distance_16(trees) -> None:
         write_image(haystack / f"{i}.png", first)
         write_image(needles / "burst" / f"{i}.png", second)
     result = run_trees(haystack, needles, distance=16, rotations=True)
-    assert set(statuses(result).values()) == {"missing"}
+    assert set(statuses(result).values()) <= {"missing", "similar"}
+    assert {folder.verdict for folder in result.folders} == {hs.Verdict.NOT_IN}
     assert result.exit_code == 1
 
 

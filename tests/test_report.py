@@ -62,7 +62,8 @@ def test_csv_has_a_header_and_one_row_per_needle_file(backup) -> None:
     assert len(rows) == 8
     assert by_path["done/b.png"] | {} == {
         "needle": "done/b.png", "folder": "done", "kind": "photo", "status": "matched", "match": "lib/b.jpg",
-        "method": "same_hash", "distance": "0", "similarity": "", "orientation": "as is", "reason": ""}
+        "method": "same_hash", "distance": "0", "similarity": "1.000", "orientation": "as is", "similar_to": "",
+        "reason": ""}
     assert by_path["new/e.mov"]["kind"] == "video" and by_path["new/e.mov"]["status"] == "missing"
     assert by_path["half/c.xmp"]["status"] == "not_compared"
 
