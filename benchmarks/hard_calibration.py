@@ -1,6 +1,6 @@
 """Hard calibration of the match confirmation: copies that must match, different shots that must not.
 
-    python benchmarks/hard_calibration.py [--photos DIR] [--out FILE.md] [--speed]
+    python benchmarks/hard_calibration.py [--photos DIR] [--out FILE.md]
 
 Scenes: the photos under --photos (default tests/photos) and synthetic images drawn from
 seeds: sunsets (smooth gradients), blurred/bokeh photos, wood and tile textures, memes (one
@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -579,43 +578,10 @@ def recommend(pairs: list[Pair], found) -> int:
         sum(accepted(found[i], d) for i, p in enumerate(pairs) if p.name == c) >= best[c] for c in classes))
 
 
-def speed(photos: list[np.ndarray], distance: int, haystack_size: int = 20_000, needle_count: int = 2_000) -> str:
-    """Index and confirmation for 20,000 haystack x 2,000 needle fingerprints, made from random
-    crops, turns and tone changes of the photos: a library with many near neighbours."""
-    rng = np.random.default_rng(5)
-    small = [cv2.resize(p, (160, 120), interpolation=cv2.INTER_AREA) for p in photos]
-
-    def variant():
-        p = small[rng.integers(len(small))]
-        h, w = p.shape[:2]
-        ch, cw = int(h * rng.uniform(0.3, 1)), int(w * rng.uniform(0.3, 1))
-        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
-        out = np.ascontiguousarray(np.rot90(p[y:y + ch, x:x + cw], rng.integers(4)))
-        return lut(out, lambda v, g=rng.uniform(0.6, 1.6): 255 * (v / 255) ** g)
-
-    haystack = [fingerprint(variant()) for _ in range(haystack_size)]
-    needles = [fingerprint(variant()) for _ in range(needle_count // 2)]
-    needles += [fingerprint(jpeg(resize(variant(), 0.9), 80)) for _ in range(needle_count - len(needles))]
-    started = time.perf_counter()
-    index = hs.HammingIndex([h for p in haystack for h in p.hashes[:2]], 64)  # both keys, one index
-    found = index.search([key for p in needles for key in hs.index_keys(p.hashes, 0)], distance)
-    pairs = sorted({(n // 2, position // 2) for n, hits in enumerate(found) for position, _ in hits})
-    searched = time.perf_counter()
-    for start in range(0, len(pairs), 4000):
-        chunk = pairs[start:start + 4000]
-        hs.confirm_many([needles[n].signature for n, _ in chunk], [haystack[h].signature for _, h in chunk],
-                        [0] * len(chunk))
-    done = time.perf_counter()
-    return (f"{haystack_size:,} haystack x {needle_count:,} needles at --distance {distance}: index and search "
-            f"{searched - started:.2f} s, {len(pairs):,} candidate pairs confirmed in {done - searched:.2f} s, "
-            f"total {done - started:.2f} s")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=REPO / "tests" / "photos")
     parser.add_argument("--out", type=Path, help="write the report here too")
-    parser.add_argument("--speed", action="store_true", help="also time 20,000 x 2,000 (a few minutes)")
     args = parser.parse_args()
     photos = [hs.decode_image(path.read_bytes()) for path in sorted(args.photos.glob("*.jpg"))]
     report = [f"# Hard calibration: {len(photos)} photos from {args.photos}, "
@@ -629,9 +595,6 @@ def main() -> None:
         chosen = recommend(pairs, found) if half == "A" else chosen
         report += [text_, *(per_kind(pairs, found, d) for d in sorted({chosen, max(DISTANCES)})), ""]
     report.append(f"Recommended --distance (from half A): {chosen}")
-    if args.speed:
-        report.append(speed(photos, chosen))
-        report.append(speed(photos, max(DISTANCES)))
     text_ = "\n".join(report)
     print(text_)
     if args.out:
