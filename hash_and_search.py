@@ -11,12 +11,15 @@ in the haystack are reported.
 
 Hashes are cached, so a second run over an unchanged library decodes nothing.
 Exit status: 0 every needle image matched, 1 some needle image did not, 2 usage error or
-fatal problem (a folder that does not exist or cannot be read), 130 interrupted.
+fatal problem (a folder that does not exist or cannot be read, a report that cannot be
+written), 130 interrupted (Ctrl-C), 141 the reader of the report went away, 143 terminated
+(SIGTERM).
 
 The pipeline, one section of this file each, top to bottom:
 
     find      find_files(root) -> Scan: every file under a folder by Kind, and what could not be read
-    decode    decode_image(bytes, extension) -> pixels: OpenCV, pillow-heif, pillow-jxl, rawpy
+    decode    decode_image(bytes, extension) -> pixels: OpenCV, pillow-heif, pillow-jxl, rawpy;
+              image_header(file) -> ImageHeader: the size a decode will take, before decoding
     hash      fingerprint_pixels(pixels) -> Fingerprint: dHash in 8 orientations, a signature
     cache     HashCache: fingerprints by path, size and mtime, in SQLite
     (all)     fingerprint_tree(scan) -> Tree: every file hashed on a thread pool, through the cache
@@ -34,8 +37,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import ctypes
 import dataclasses
 import enum
+import errno
 import functools
 import hashlib
 import io
@@ -45,17 +50,20 @@ import math
 import os
 import posixpath
 import shutil
+import signal
 import sqlite3
 import stat
+import struct
 import sys
+import threading
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Container, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Callable, Container, Iterator, Mapping, Sequence
+from concurrent.futures import CancelledError, ThreadPoolExecutor
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path, PurePath
-from typing import Protocol
+from typing import BinaryIO, NoReturn, Protocol, TypeVar
 
 __version__ = "1.1.0"
 __all__ = [
@@ -68,7 +76,10 @@ __all__ = [
 DEFAULT_HASH_SIZE = 8
 HASH_SIZE_RANGE = range(2, 33)
 EXIT_ALL_MATCHED, EXIT_SOME_UNMATCHED, EXIT_FATAL = 0, 1, 2
-EXIT_INTERRUPTED = 128 + 2  # as a shell reports a process ended by SIGINT
+# As a shell reports a process ended by the signal: Ctrl-C, SIGPIPE (| head), SIGTERM.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 # Which files are what, by extension, matched case-insensitively. For photos the decoder is
 # then chosen by content (decoder_for), and OpenCV picks its own from the content too.
@@ -99,6 +110,9 @@ SYSTEM_FOLDER_NAMES = frozenset(name.lower() for name in (
     ".Spotlight-V100", ".Trashes", ".fseventsd", ".TemporaryItems", "@eaDir", ".@__thumb", "#recycle",
     "$RECYCLE.BIN", "System Volume Information", ".thumbnails"))
 APPLE_DOUBLE_PREFIX = "._"  # macOS writes ._NAME beside NAME on other disks: resource forks, not images
+# Never photos, and walking them never ends or hangs (a FIFO, /proc/kmsg): not entered through a
+# symbolic link even with --follow-links.
+SYSTEM_ROOTS = ("/proc", "/sys", "/dev")
 
 # The signature kept to confirm a match: the exact area-mean thumbnail the hash is summed from,
 # shrunk to 36 x 36 and stretched to 0..255 so that night and fog photos keep their levels:
@@ -190,12 +204,22 @@ class Unreadable:
 
 
 @dataclass(frozen=True, slots=True)
+class NotFollowed:
+    """A symbolic link to a folder that the walk did not enter, and why."""
+
+    rel: str  # ends with '/'
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class Scan:
     """Everything found under one root folder, each list sorted by relative path."""
 
     files: tuple[FoundFile, ...]  # photos, RAW files and videos: the files compared
     not_compared: tuple[NotCompared, ...]
     unreadable: tuple[Unreadable, ...]
+    not_followed: tuple[NotFollowed, ...] = ()
+    walked: frozenset[tuple[int, int]] = frozenset()  # every folder entered, by device and inode
 
 
 def describe_os_error(err: OSError) -> str:
@@ -208,13 +232,16 @@ def folder_identity(path: str | os.PathLike[str]) -> tuple[int, int]:
 
 
 def find_files(root: Path, left_out: Container[tuple[int, int]] = frozenset(),
-               on_found: Callable[[int], object] = lambda n: None) -> Scan:
-    """Walk root recursively, following symlinks to folders but never into the same folder
-    twice, nor into a folder in left_out (by device and inode, so through any link)."""
+               on_found: Callable[[int], object] = lambda n: None, follow_links: bool = False) -> Scan:
+    """Walk root recursively, never into the same folder twice, nor into a folder in left_out
+    (by device and inode, so through any link). A symbolic link to a folder is followed when
+    the folder lies inside root, anywhere with follow_links, never into a system root."""
     files: list[FoundFile] = []
     not_compared: list[NotCompared] = []
     unreadable: list[Unreadable] = []
+    not_followed: list[NotFollowed] = []
     visited: set[tuple[int, int]] = set()
+    real_root = os.path.realpath(root)
     pending = [str(root)]
     while pending:
         folder = pending.pop()
@@ -232,8 +259,11 @@ def find_files(root: Path, left_out: Container[tuple[int, int]] = frozenset(),
         subfolders = []
         for entry in entries:
             if _is_folder(entry):
+                why_not = why_not_follow(entry.path, real_root, follow_links) if entry.is_symlink() else None
                 if entry.name.lower() in SYSTEM_FOLDER_NAMES:
                     not_compared.append(NotCompared(relative_path(entry.path, root) + "/", Kind.SYSTEM))
+                elif why_not:
+                    not_followed.append(NotFollowed(relative_path(entry.path, root) + "/", why_not))
                 else:
                     subfolders.append(entry.path)
                 continue
@@ -256,7 +286,24 @@ def find_files(root: Path, left_out: Container[tuple[int, int]] = frozenset(),
         pending.extend(reversed(subfolders))
     return Scan(tuple(sorted(files, key=lambda file: file.rel)),
                 tuple(sorted(not_compared, key=lambda file: file.rel)),
-                tuple(sorted(unreadable, key=lambda problem: problem.rel)))
+                tuple(sorted(unreadable, key=lambda problem: problem.rel)),
+                tuple(sorted(not_followed, key=lambda link: link.rel)), frozenset(visited))
+
+
+def why_not_follow(link: str, real_root: str, follow_links: bool) -> str | None:
+    """None when the walk may enter the folder a symbolic link points to, else why not: the
+    walk stays where the user pointed, unless told to follow links, and out of system roots."""
+    real = os.path.realpath(link)
+    if is_inside(real, real_root):
+        return None
+    if any(is_inside(real, system) for system in SYSTEM_ROOTS):
+        return f"symbolic link to {real}, a system folder"
+    return None if follow_links else f"symbolic link to {real}, outside the folder (--follow-links enters it)"
+
+
+def is_inside(path: str, folder: str) -> bool:
+    """Of two real paths. commonpath, not startswith: /photos2 is not inside /photos."""
+    return os.path.commonpath([path, folder]) == folder
 
 
 def _is_folder(entry: os.DirEntry[str]) -> bool:
@@ -283,6 +330,9 @@ class UnreadableImage(Exception):
 def _cv2():
     # Imported on first decode: a run answered wholly from the cache never pays its
     # start-up time (about 0.1 s with numpy).
+    # Its own pixel limit, a last resort for what image_header cannot size; the variable it reads
+    # (CV_IO_MAX_IMAGE_PIXELS is only the macro's name), once, at its first decode.
+    os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(OPENCV_MAX_IMAGE_PIXELS))
     import cv2
 
     # Its decoders' warnings about damaged files would interleave with the report; the
@@ -515,10 +565,10 @@ def _raw_preview(raw):
         return None
     orientation = ORIENTATION_FOR_LIBRAW_FLIP.get(raw.sizes.flip, 1)
     if thumb.format == rawpy.ThumbFormat.JPEG:
-        header = _jpeg_header(thumb.data)
+        header = image_header(io.BytesIO(thumb.data), ".jpg")
         if header is None:
             return None  # a damaged preview: the raw data may still be whole
-        width, height, tagged = header
+        width, height, tagged = header.width, header.height, _exif_orientation(thumb.data)
         orientation = orientation if tagged is None else tagged
     else:  # an uncompressed bitmap preview, RGB
         height, width = thumb.data.shape[:2]
@@ -537,12 +587,11 @@ def _raw_preview(raw):
     return apply_orientation(pixels, orientation)
 
 
-def _jpeg_header(jpeg: bytes) -> tuple[int, int, int | None] | None:
-    """A JPEG's stored width and height and its EXIF Orientation if it has the tag, from the
-    headers only; None if they cannot be read."""
+def _exif_orientation(jpeg: bytes) -> int | None:
+    """A JPEG's EXIF Orientation, if it has the tag."""
     try:
         with _pil().open(io.BytesIO(jpeg), formats=["JPEG"]) as image:
-            return *image.size, image.getexif().get(EXIF_ORIENTATION)
+            return image.getexif().get(EXIF_ORIENTATION)
     except (OSError, ValueError, SyntaxError):
         return None
 
@@ -595,6 +644,274 @@ def _rawpy():
     import rawpy
 
     return rawpy
+
+
+# ---------------------------------------------------------------------------------------
+# Decode within a memory budget: open without blocking, size from the header, then decode
+# ---------------------------------------------------------------------------------------
+
+# Everything the decodes in flight may hold at once, their files' bytes included, shared by
+# the threads (DecodeBudget). Peak RSS is about the interpreter with OpenCV, numpy and the
+# cache (73 MiB on the sample trees) + this budget + allocator slack: 878 MiB measured for
+# --jobs 2 over 100-megapixel images and bombs, under the 1 GiB promised (README, --help).
+DECODE_BUDGET_BYTES = 768 * 2**20
+
+# Peak bytes per pixel of a decode and fingerprint_pixels, above the file's bytes: ru_maxrss
+# of one decode of 16- and 100-megapixel images. The decoder's buffer plus the BGR result, 6
+# for 8- and 16-bit alike (IMREAD_COLOR strips 16 bits while decoding); hashing stays under
+# that peak (its grey copy is 1 byte a pixel).
+DECODE_BYTES_PER_PIXEL = {
+    "JPEG": 6, "PNG": 6, "TIFF": 6, "WEBP": 6, "BMP": 6, "DIB": 6, "PPM": 6, "PAM": 6, "SUN": 6,
+    "GIF": 12,  # 12.03 measured: palette frame, RGBA canvas, BGR result
+    "HDR": 16,  # 15.03: float RGB, then 8-bit BGR
+    "JPEG2000": 17,  # 16.11: OpenJPEG's int32 planes
+    "PFM": 25,  # 24.04: float planes, float BGR, 8-bit BGR
+    "HEIF": 7,  # 6.39 by libheif
+    "AVIF": 13,  # 12.18 by Pillow's libavif: YUV planes, RGB, BGR
+    "JXL": 7,  # 6.22 by libjxl
+    "RAW": 6,  # of the sensor's photosites: 4.86 rendered at half size; a preview is a JPEG at most that size
+}
+# A progressive JPEG keeps every DCT coefficient, 2 bytes per component per pixel, beside a
+# 3-byte output buffer: measured 9.03 for 3 components (4:4:4) and 11.02 for CMYK.
+PROGRESSIVE_JPEG_OUTPUT_BYTES_PER_PIXEL = 3
+COEFFICIENT_BYTES = 2
+
+# What the header cannot tell is left to OpenCV's own check, with the budget's pixels at the
+# cheapest rate.
+OPENCV_MAX_IMAGE_PIXELS = DECODE_BUDGET_BYTES // min(DECODE_BYTES_PER_PIXEL.values())
+
+# O_NONBLOCK: opening a FIFO swapped in after the walk returns at once instead of waiting for
+# a writer; fstat then refuses it. It changes nothing for a regular file.
+OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+# Bytes of a file's start that image_header reads: every header here but TIFF's (read where
+# its offsets point) lies in the first 4 KiB, but a HEIF's meta box, a RAW's maker notes or
+# a JPEG XL container's boxes before the codestream can take more.
+HEADER_BYTES = 4096
+CONTAINER_HEADER_BYTES = 1 << 20
+
+
+class ImageTooLarge(UnreadableImage):
+    """A file or image over the limits: the message gives the numbers."""
+
+
+def open_regular_file(path: str) -> BinaryIO:
+    """The file opened for reading, if it is a regular file: never blocks, whatever the path
+    names by now. Raises OSError, or UnreadableImage for anything but a regular file."""
+    fd = os.open(path, OPEN_FLAGS)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise UnreadableImage("not a regular file")
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def read_bounded(file: BinaryIO, max_bytes: int) -> bytes:
+    """All of an open file, refusing one over max_bytes without reading it, or one that grew
+    past it since (the read stops one byte over)."""
+    size = os.fstat(file.fileno()).st_size
+    if size > max_bytes:
+        raise ImageTooLarge(f"file too large: {format_bytes(size)}; the limit is {format_bytes(max_bytes)}")
+    file.seek(0)
+    data = file.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ImageTooLarge(f"file too large: it grew past {format_bytes(max_bytes)} while read")
+    return data
+
+
+def format_bytes(n: float) -> str:
+    if n < 1024:
+        return f"{n:.0f} bytes"
+    exponent = min(3, int(math.log(n, 1024)))
+    return f"{n / 1024 ** exponent:.1f} {('KiB', 'MiB', 'GiB')[exponent - 1]}"
+
+
+@dataclass(frozen=True, slots=True)
+class ImageHeader:
+    """What an image's header says, before any pixel is decoded: the size as stored."""
+
+    format: str  # a key of DECODE_BYTES_PER_PIXEL, or what Pillow calls it
+    width: int
+    height: int
+    bits: int = 8  # per sample: 12 for a 12-bit JPEG
+    progressive_components: int = 0  # of a progressive JPEG, else 0
+
+    def decode_bytes(self) -> int:
+        if self.progressive_components:
+            per_pixel = max(DECODE_BYTES_PER_PIXEL["JPEG"], PROGRESSIVE_JPEG_OUTPUT_BYTES_PER_PIXEL
+                            + COEFFICIENT_BYTES * self.progressive_components)
+        else:
+            per_pixel = DECODE_BYTES_PER_PIXEL.get(self.format, max(DECODE_BYTES_PER_PIXEL.values()))
+        return self.width * self.height * per_pixel
+
+
+def image_header(file: BinaryIO, extension: str, container_bytes: int = CONTAINER_HEADER_BYTES) -> ImageHeader | None:
+    """The header of an open image file, read without decoding it, by the decoder that will
+    decode it; None when it cannot tell (OpenCV's own pixel limit then applies). RAW, HEIF,
+    AVIF and JPEG XL headers are looked for in the first container_bytes."""
+    file.seek(0)
+    head = file.read(HEADER_BYTES)
+    decoder = decoder_for(extension, head[:SNIFF_BYTES])
+    try:
+        if decoder in (decode_raw, decode_heif, decode_avif, decode_jxl):
+            head += file.read(container_bytes - len(head))
+        if decoder is decode_raw:
+            with _rawpy().imread(io.BytesIO(head)) as raw:  # opening parses headers only
+                return ImageHeader("RAW", raw.sizes.raw_width, raw.sizes.raw_height)
+        if decoder in (decode_heif, decode_avif):  # libheif reads AVIF's boxes too
+            return ImageHeader("HEIF" if decoder is decode_heif else "AVIF", *_pillow_heif().open_heif(head).size)
+        if decoder is decode_jxl:
+            size = _jxl_dimensions(head)
+            return None if size is None else ImageHeader("JXL", *size)
+        if head.startswith(b"\xff\xd8"):
+            file.seek(2)
+            return _jpeg_frame(file)
+        if header := _own_header(head):
+            return header
+        file.seek(0)
+        # Pillow's open reads headers only; TIFF's lie where its offsets say, the others' in the head.
+        with _pil().open(file if head[:4] in (b"II*\0", b"MM\0*") else io.BytesIO(head)) as image:
+            return ImageHeader(image.format or "", *image.size)
+    except Exception:  # any reader's complaint means only that the header cannot tell
+        return None
+
+
+# Start-of-frame markers: every SOFn but DHT (C4), JPG (C8) and DAC (CC).
+JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+JPEG_PROGRESSIVE_SOF = frozenset({0xC2, 0xC6, 0xCA, 0xCE})
+JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})  # TEM and RSTn carry no length
+
+
+def _jpeg_frame(file: BinaryIO) -> ImageHeader | None:
+    """Walk the marker segments from after SOI to the frame header. Pillow refuses 12-bit
+    frames outright; this also tells progressive from baseline."""
+    while True:
+        if file.read(1) != b"\xff":
+            return None
+        marker = file.read(1)
+        while marker == b"\xff":  # fill bytes
+            marker = file.read(1)
+        if not marker or marker[0] in (0xD9, 0xDA):  # EOI or SOS before any frame
+            return None
+        if marker[0] in JPEG_STANDALONE:
+            continue
+        length_bytes = file.read(2)
+        if len(length_bytes) < 2 or (length := struct.unpack(">H", length_bytes)[0]) < 2:
+            return None
+        body = file.read(length - 2)
+        if marker[0] in JPEG_SOF:
+            if len(body) < 6:
+                return None
+            bits, height, width, components = struct.unpack(">BHHB", body[:6])
+            if not height or not width:  # height 0: given later by a DNL marker
+                return None
+            progressive = components if marker[0] in JPEG_PROGRESSIVE_SOF else 0
+            return ImageHeader("JPEG", width, height, bits, progressive)
+
+
+def _own_header(head: bytes) -> ImageHeader | None:
+    """Radiance HDR, PFM and PAM, whose size Pillow cannot tell, and WebP, whose size Pillow
+    tells only from the whole file."""
+    try:
+        if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+            chunk = head[12:16]
+            if chunk == b"VP8X":  # the canvas: 24-bit sizes minus one
+                return ImageHeader("WEBP", 1 + int.from_bytes(head[24:27], "little"),
+                                   1 + int.from_bytes(head[27:30], "little"))
+            if chunk == b"VP8 " and head[23:26] == b"\x9d\x01\x2a":  # lossy: 14-bit sizes after the start code
+                width, height = struct.unpack("<HH", head[26:30])
+                return ImageHeader("WEBP", width & 0x3FFF, height & 0x3FFF)
+            if chunk == b"VP8L" and head[20] == 0x2F:  # lossless: 14-bit sizes minus one
+                bits = int.from_bytes(head[21:25], "little")
+                return ImageHeader("WEBP", 1 + (bits & 0x3FFF), 1 + (bits >> 14 & 0x3FFF))
+        elif head.startswith((b"#?RADIANCE", b"#?RGBE")):
+            end = head.index(b"\n\n") + 2  # the variables end with an empty line
+            y_axis, height, x_axis, width = head[end:head.index(b"\n", end)].split()
+            if y_axis in (b"-Y", b"+Y") and x_axis in (b"+X", b"-X"):
+                return ImageHeader("HDR", int(width), int(height))
+        elif head[:3] in (b"PF\n", b"Pf\n"):
+            width, height = head[3:].split(maxsplit=2)[:2]
+            return ImageHeader("PFM", int(width), int(height))
+        elif head.startswith(b"P7\n"):
+            fields = dict(line.split(maxsplit=1) for line in head[3:head.index(b"ENDHDR")].splitlines()
+                          if line.strip() and not line.startswith(b"#"))
+            return ImageHeader("PAM", int(fields[b"WIDTH"]), int(fields[b"HEIGHT"]))
+    except (ValueError, KeyError, IndexError):
+        pass
+    return None
+
+
+# JXL SizeHeader aspect ratios (ratio field 1-7): width = height * numerator // denominator.
+JXL_RATIOS = {1: (1, 1), 2: (12, 10), 3: (4, 3), 4: (3, 2), 5: (16, 9), 6: (5, 4), 7: (2, 1)}
+
+
+def _jxl_codestream(data: bytes) -> bytes | None:
+    """The start of the codestream: the file itself, or the jxlc/first jxlp box of the container."""
+    if data.startswith(JXL_SIGNATURES[0]):
+        return data
+    at = 0
+    while at + 8 <= len(data):
+        size, kind = int.from_bytes(data[at:at + 4], "big"), data[at + 4:at + 8]
+        header = 8
+        if size == 1:  # a 64-bit size follows the type
+            size, header = int.from_bytes(data[at + 8:at + 16], "big"), 16
+        body = data[at + header:len(data) if size == 0 else at + size]
+        if kind == b"jxlc":
+            return body
+        if kind == b"jxlp":
+            return body[4:]  # a partial codestream's first 4 bytes are its index
+        if size == 0 or size < header:
+            return None
+        at += size
+    return None
+
+
+def _jxl_dimensions(data: bytes) -> tuple[int, int] | None:
+    """Width and height as stored, from the SizeHeader (JPEG XL part 1, A.2): the first few
+    bytes of the codestream, nothing decoded."""
+    stream = _jxl_codestream(data)
+    if stream is None or not stream.startswith(JXL_SIGNATURES[0]):
+        return None
+    bits = int.from_bytes(stream[2:32], "little")  # fields are read from the low bit up
+    position = 0
+
+    def read(count: int) -> int:
+        nonlocal position
+        value = (bits >> position) & ((1 << count) - 1)
+        position += count
+        return value
+
+    def read_size() -> int:
+        return 1 + read((9, 13, 18, 30)[read(2)])
+
+    small = read(1)
+    height = 8 * (1 + read(5)) if small else read_size()
+    ratio = read(3)
+    if ratio:
+        numerator, denominator = JXL_RATIOS[ratio]
+        return height * numerator // denominator, height
+    return 8 * (1 + read(5)) if small else read_size(), height
+
+
+def decode_need(header: ImageHeader | None, file_size: int, budget: int) -> int:
+    """Bytes to reserve for decoding a file: its bytes and the decoder's peak. A header that
+    could not be read takes the whole budget, so that the file decodes alone."""
+    return budget if header is None else file_size + header.decode_bytes()
+
+
+def too_large_reason(header: ImageHeader, need: int, budget: int) -> str:
+    return (f"image too large: {header.width} x {header.height} pixels ({header.width * header.height / 1e6:.0f}"
+            f" megapixels) needs about {format_bytes(need)} to decode; the limit is {format_bytes(budget)}")
+
+
+def jpeg_precision_reason(header: ImageHeader | None) -> str | None:
+    """Why OpenCV returned no pixels for a JPEG that is not damaged: OpenCV 5's JPEG decoder
+    reads 8-bit samples only and refuses 12- and 16-bit ones without a message."""
+    if header is not None and header.format == "JPEG" and header.bits != 8:
+        return f"unsupported: a {header.bits}-bit JPEG, which OpenCV cannot decode"
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -702,6 +1019,7 @@ class Fingerprint:
     low_detail: bool = False
     signature: bytes = b""  # a SIGNATURE_SIDE-square greyscale thumbnail, to confirm matches
     reason: str | None = None  # why the file could not be hashed
+    damage: str | None = None  # what the decoder said of a damaged image it still decoded ("": not yet known)
 
     @property
     def hash(self) -> int | None:
@@ -739,34 +1057,64 @@ class Source(Status):
 
 
 def fingerprint_file(file: FoundFile, hash_size: int, haystack_by_digest: Mapping[bytes, Fingerprint],
-                     want_digest: bool, cached: Fingerprint | None = None) -> tuple[Fingerprint, Source]:
+                     want_digest: bool, cached: Fingerprint | None = None, *,
+                     budget: DecodeBudget | None = None, messages: DecoderMessages | None = None,
+                     ) -> tuple[Fingerprint, Source]:
     """Read one file and hash it, unless a haystack file with the same bytes is known; say
     which it did. The digest of the bytes is taken only when wanted (a file of the other
     tree has the same size); a cached fingerprint that lacks it only gets it. A video is
-    never decoded: it is read for its digest, or not at all. Never raises for a bad file."""
+    never decoded: it is read for its digest, or not at all. An image is decoded only once
+    its header's size fits the budget, within a reservation of it. A fingerprint whose
+    decode drew a decoder message has damage "" (check it alone: DecoderMessages). Never
+    raises for a bad file."""
     if file.size == 0:  # two empty files are the same bytes, and hold no photo
         return Fingerprint(b"", reason="empty file (0 bytes)"), Source.NOT_READ
     if file.kind not in HASHED_KINDS and not want_digest:
         return Fingerprint(b""), Source.SIZE_ONLY
+    budget = budget or DecodeBudget(DECODE_BUDGET_BYTES)
+    messages = messages or DecoderMessages()
     try:
-        with open(file.path, "rb") as stream:
-            if file.kind not in HASHED_KINDS:  # in blocks: a video may be larger than the memory
-                return Fingerprint(hashlib.file_digest(stream, "sha256").digest()), Source.DIGEST_ONLY
-            data = stream.read()
+        with open_regular_file(file.path) as stream:
+            if file.kind not in HASHED_KINDS or cached is not None:  # in blocks: a video may be larger than the memory
+                digest = hashlib.file_digest(stream, "sha256").digest() if want_digest else b""
+                if cached is not None:
+                    return dataclasses.replace(cached, digest=digest), Source.FROM_CACHE
+                return Fingerprint(digest), Source.DIGEST_ONLY
+            return _decode_within(stream, os.path.splitext(file.path)[1], hash_size, haystack_by_digest,
+                                  want_digest, budget, messages)
+    except UnreadableImage as err:  # not a regular file (any more), or too large to read
+        return Fingerprint(b"", reason=str(err)), Source.NOT_READ
     except OSError as err:
         return Fingerprint(b"", reason=describe_os_error(err)), Source.NOT_READ
-    digest = hashlib.sha256(data).digest() if want_digest else b""  # 2 ms for a 12-megapixel JPEG
-    if cached is not None:
-        return dataclasses.replace(cached, digest=digest), Source.FROM_CACHE
-    if digest in haystack_by_digest:
-        return haystack_by_digest[digest], Source.BYTE_COPY
-    try:
-        fingerprint = fingerprint_pixels(decode_image(data, os.path.splitext(file.path)[1]), hash_size)
-    except UnreadableImage as err:
-        return Fingerprint(digest, reason=str(err)), Source.DECODED
+    except MemoryError:  # not kept in the cache: another run may have the memory
+        return Fingerprint(b"", reason="not enough memory to read or decode it"), Source.NOT_READ
     except Exception as err:  # one strange file must not end a run over thousands
-        return Fingerprint(digest, reason=f"unexpected error while hashing: {err!r}"), Source.DECODED
-    return dataclasses.replace(fingerprint, digest=digest), Source.DECODED
+        return Fingerprint(b"", reason=f"unexpected error while hashing: {err!r}"), Source.DECODED
+
+
+def _decode_within(stream: BinaryIO, extension: str, hash_size: int, haystack_by_digest: Mapping[bytes, Fingerprint],
+                   want_digest: bool, budget: DecodeBudget, messages: DecoderMessages) -> tuple[Fingerprint, Source]:
+    """fingerprint_file's work for a photo or RAW file: its header, then its bytes and pixels
+    within a reservation of the budget, so that nothing decoded outlives the reservation."""
+    header = image_header(stream, extension)
+    need = decode_need(header, os.fstat(stream.fileno()).st_size, budget.total)
+    if header is not None and need > budget.total:
+        return Fingerprint(b"", reason=too_large_reason(header, need, budget.total)), Source.DECODED
+    with budget.reserve(need):
+        data = read_bounded(stream, budget.total)
+        digest = hashlib.sha256(data).digest() if want_digest else b""  # 2 ms for a 12-megapixel JPEG
+        if digest in haystack_by_digest:
+            return haystack_by_digest[digest], Source.BYTE_COPY
+        if header is None:  # the whole budget is held: the whole file may tell what its start did not
+            header = image_header(io.BytesIO(data), extension, len(data))
+            need = decode_need(header, len(data), budget.total)
+            if header is not None and need > budget.total:
+                return Fingerprint(digest, reason=too_large_reason(header, need, budget.total)), Source.DECODED
+        try:
+            fingerprint, suspect = messages.watch(lambda: fingerprint_pixels(decode_image(data, extension), hash_size))
+        except UnreadableImage as err:
+            return Fingerprint(digest, reason=jpeg_precision_reason(header) or str(err)), Source.DECODED
+    return dataclasses.replace(fingerprint, digest=digest, damage="" if suspect else None), Source.DECODED
 
 
 # ---------------------------------------------------------------------------------------
@@ -775,12 +1123,20 @@ def fingerprint_file(file: FoundFile, hash_size: int, haystack_by_digest: Mappin
 
 # Bump when a change to decoding or hashing changes any value: older records are then ignored.
 ALGORITHM_VERSION = 2  # 2: the 36 x 36 stretched signature, low detail by the spread of levels
-CACHE_SCHEMA_VERSION = 2  # 2: the column "error" became "reason"
+CACHE_SCHEMA_VERSION = 3  # 2: the column "error" became "reason"; 3: "damage" added
 CACHE_BATCH = 64  # records per transaction: the most that Ctrl-C or kill -9 can lose
 CACHE_LOCK_TIMEOUT_S = 30.0  # how long to wait for another run's write to finish
 CACHE_FILE_NAME = "fingerprints.sqlite3"
 # SQLite's codes for a file that is not a database, or a damaged one: rebuilt, not just skipped.
 SQLITE_DAMAGED = {"SQLITE_CORRUPT", "SQLITE_NOTADB"}
+# The table, written down once: created from this, and checked against it (check_layout).
+CACHE_TABLE = """
+    CREATE TABLE fingerprints (
+        path BLOB NOT NULL, hash_size INTEGER NOT NULL, algorithm INTEGER NOT NULL,
+        size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, digest BLOB NOT NULL,
+        hashes TEXT, low_detail INTEGER NOT NULL, signature BLOB NOT NULL, reason TEXT,
+        damage TEXT,
+        PRIMARY KEY (path, hash_size)) WITHOUT ROWID"""
 
 
 def default_cache_path() -> Path:
@@ -803,6 +1159,27 @@ def _while_busy(statement: Callable[[], object]) -> None:
             time.sleep(0.05)
 
 
+def table_layout(db: sqlite3.Connection, table: str) -> list[tuple[object, ...]]:
+    """Each column's position, name, declared type, NOT NULL and primary-key rank."""
+    return [(cid, name, kind.upper(), notnull, pk)
+            for cid, name, kind, notnull, _default, pk in db.execute(f"PRAGMA table_info({table})")]
+
+
+class LayoutMismatch(Exception):
+    """The table differs from the one this version creates: rebuilt like a damaged file."""
+
+
+def check_layout(db: sqlite3.Connection, table: str, create_statement: str) -> None:
+    """Raise LayoutMismatch unless table is as create_statement makes it (run in memory, so
+    that the layout is written down once)."""
+    with contextlib.closing(sqlite3.connect(":memory:")) as reference:
+        reference.execute(create_statement)
+        expected = table_layout(reference, table)
+    found = table_layout(db, table)
+    if found != expected:
+        raise LayoutMismatch(f"its table has other columns ({', '.join(str(column[1]) for column in found) or 'none'})")
+
+
 class HashCache:
     """Fingerprints of files hashed before, valid while a file keeps its path, size and mtime.
 
@@ -815,6 +1192,8 @@ class HashCache:
         self.db: sqlite3.Connection | None = None
         try:
             self.db = self._connect()
+        except LayoutMismatch as err:  # of the right version, yet not this table: as damaged
+            self._rebuild(err)
         except sqlite3.DatabaseError as err:
             if getattr(err, "sqlite_errorname", None) in SQLITE_DAMAGED:
                 self._rebuild(err)
@@ -837,20 +1216,16 @@ class HashCache:
                 db.execute("BEGIN IMMEDIATE")
                 if db.execute("PRAGMA user_version").fetchone()[0] != CACHE_SCHEMA_VERSION:  # still, now locked
                     db.execute("DROP TABLE IF EXISTS fingerprints")
-                    db.execute("""
-                        CREATE TABLE fingerprints (
-                            path BLOB NOT NULL, hash_size INTEGER NOT NULL, algorithm INTEGER NOT NULL,
-                            size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, digest BLOB NOT NULL,
-                            hashes TEXT, low_detail INTEGER NOT NULL, signature BLOB NOT NULL, reason TEXT,
-                            PRIMARY KEY (path, hash_size)) WITHOUT ROWID""")
+                    db.execute(CACHE_TABLE)
                     db.execute(f"PRAGMA user_version = {CACHE_SCHEMA_VERSION}")
                 db.commit()
+            check_layout(db, "fingerprints", CACHE_TABLE)
         except BaseException:
             db.close()
             raise
         return db
 
-    def _rebuild(self, err: sqlite3.Error) -> None:
+    def _rebuild(self, err: Exception) -> None:
         aside = self.path.with_name(self.path.name + ".corrupt")
         try:
             os.replace(self.path, aside)
@@ -877,16 +1252,17 @@ class HashCache:
             return None
         try:
             row = self.db.execute(
-                "SELECT size, mtime_ns, algorithm, digest, hashes, low_detail, signature, reason FROM fingerprints"
+                "SELECT size, mtime_ns, algorithm, digest, hashes, low_detail, signature, reason, damage"
+                " FROM fingerprints"
                 " WHERE path = ? AND hash_size = ?", (self._key(image), self.hash_size)).fetchone()
         except sqlite3.Error as err:
             self._give_up(err)
             return None
         if row is None or tuple(row[:3]) != (image.size, image.mtime_ns, ALGORITHM_VERSION):
             return None
-        digest, hashes, low_detail, signature, reason = row[3:]
+        digest, hashes, low_detail, signature, reason, damage = row[3:]
         return Fingerprint(digest, tuple(int(h, 16) for h in hashes.split()) if hashes else (),
-                           bool(low_detail), signature, reason)
+                           bool(low_detail), signature, reason, damage)
 
     def store(self, image: FoundFile, fingerprint: Fingerprint) -> None:
         if self.db is None:
@@ -894,7 +1270,7 @@ class HashCache:
         hashes = " ".join(format_hash(h, self.hash_size) for h in fingerprint.hashes) or None
         self.pending.append((self._key(image), self.hash_size, ALGORITHM_VERSION, image.size, image.mtime_ns,
                              fingerprint.digest, hashes, fingerprint.low_detail, fingerprint.signature,
-                             fingerprint.reason))
+                             fingerprint.reason, fingerprint.damage))
         if len(self.pending) >= CACHE_BATCH:
             self.flush()
 
@@ -903,7 +1279,7 @@ class HashCache:
             return
         try:
             with self.db:  # one transaction
-                self.db.executemany("INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                self.db.executemany("INSERT OR REPLACE INTO fingerprints VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                     self.pending)
             self.pending = []
         except sqlite3.Error as err:
@@ -953,6 +1329,134 @@ def no_progress(description: str, total: int | None, unit: str) -> AbstractConte
     return nullcontext(_SilentBar())
 
 
+T = TypeVar("T")
+
+
+class DecodeBudget:
+    """Bytes of decoding memory shared by the threads: a decode waits until its share is
+    free, so that several large images decode one after another instead of at once."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self._free = total
+        self._cancelled = False
+        self._changed = threading.Condition()
+
+    @contextmanager
+    def reserve(self, need: int) -> Iterator[None]:
+        """Hold need bytes (at most the whole budget) for the block. Raises CancelledError
+        once cancel() was called."""
+        need = min(need, self.total)
+        with self._changed:
+            # Condition.wait is interrupted by signals in the main thread (POSIX), and
+            # cancel() wakes the worker threads, whose waits no signal reaches.
+            self._changed.wait_for(lambda: self._cancelled or self._free >= need)
+            if self._cancelled:
+                raise CancelledError
+            self._free -= need
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._free += need
+                self._changed.notify_all()
+
+    def cancel(self) -> None:
+        """Make every waiting and later reservation raise CancelledError: on Ctrl-C, the
+        queued files must not start decoding while the pool shuts down."""
+        with self._changed:
+            self._cancelled = True
+            self._changed.notify_all()
+
+
+class DecoderMessages:
+    """What the C decoders print to stdio's stderr (libjpeg: 'Corrupt JPEG data: premature
+    end of data segment'), caught and attributed to the file being decoded.
+
+    OpenCV 5 leaves libjpeg's output_message as is, fprintf(stderr), whatever
+    cv2.utils.logging's level. Inside `with`, the C library's `stderr` (the FILE * that
+    fprintf reads at each call) points to a pipe: Python's sys.stderr and the progress bars
+    keep writing to fd 2 untouched. Threads decode in parallel, so a message cannot be tied
+    to a thread: watch() only tells whether any message came while its call ran; check_alone()
+    re-runs a suspected decode with no other running and returns the exact text. Without
+    glibc the messages pass through, unattributed.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped whenever a drain finds bytes
+        self._stderr_var: ctypes.c_void_p | None = None
+        self._saved: int | None = None
+        self._read_fd = self._write_fd = -1
+
+    def __enter__(self) -> DecoderMessages:
+        try:
+            libc = ctypes.CDLL(None)
+            libc.fdopen.restype, libc.fdopen.argtypes = ctypes.c_void_p, [ctypes.c_int, ctypes.c_char_p]
+            libc.setvbuf.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int, ctypes.c_size_t]
+            stderr_var = ctypes.c_void_p.in_dll(libc, "stderr")
+        except (OSError, ValueError, AttributeError):
+            return self  # not glibc: nothing caught
+        # Non-blocking write end: a decoder never waits on a full pipe (64 KiB of messages
+        # unread), the excess is dropped. The FILE is never fclose()d, which would close the
+        # pipe under a late writer; the fds are closed on exit instead.
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        stream = libc.fdopen(write_fd, b"w")
+        if not stream:
+            os.close(read_fd)
+            os.close(write_fd)
+            return self
+        libc.setvbuf(stream, None, 2, 0)  # _IONBF: each message reaches the pipe at once
+        self._read_fd, self._write_fd, self._stderr_var = read_fd, write_fd, stderr_var
+        self._saved, stderr_var.value = stderr_var.value, stream
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._stderr_var is None:
+            return
+        self._stderr_var.value = self._saved
+        self._stderr_var = None
+        os.close(self._write_fd)
+        os.close(self._read_fd)
+
+    def _drain(self) -> bytes:
+        """Everything in the pipe now; bumps the generation if there was anything. Locked."""
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(self._read_fd, 65536)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        if chunks:
+            self._generation += 1
+        return b"".join(chunks)
+
+    def watch(self, call: Callable[[], T]) -> tuple[T, bool]:
+        """call's result, and whether any decoder message appeared while it ran (its own or
+        another thread's: check_alone tells which). 5 us a call."""
+        if self._stderr_var is None:
+            return call(), False
+        with self._lock:
+            self._drain()
+            before = self._generation
+        result = call()
+        with self._lock:
+            self._drain()
+            return result, self._generation != before
+
+    def check_alone(self, call: Callable[[], object]) -> str:
+        """The messages call printed: call it while no other thread decodes."""
+        if self._stderr_var is None:
+            return ""
+        with self._lock:
+            self._drain()
+            call()
+            return self._drain().decode("utf-8", "backslashreplace").strip()
+
+
 def fingerprint_all(
     files: Sequence[FoundFile],
     hash_size: int,
@@ -963,8 +1467,9 @@ def fingerprint_all(
     on_done: Callable[[int], object] = lambda n: None,
 ) -> tuple[tuple[Fingerprint, ...], Counter[Source]]:
     """Fingerprints of the files, in order, and how many came from each Source. Files of a
-    size in sizes_to_digest get the digest of their bytes. Decodes on `jobs` threads: OpenCV
-    releases the GIL meanwhile."""
+    size in sizes_to_digest get the digest of their bytes. Decodes on `jobs` threads (OpenCV
+    releases the GIL meanwhile) within one DecodeBudget; an image whose decode drew a decoder
+    message is decoded again alone afterwards, to name its damage."""
     fingerprints: list[Fingerprint | None] = []
     todo: list[tuple[int, Fingerprint | None]] = []  # and what the cache has of it, lacking the digest
     for i, file in enumerate(files):
@@ -975,22 +1480,50 @@ def fingerprint_all(
             todo.append((i, hit))
     sources = Counter({Source.FROM_CACHE: len(files) - len(todo)})
     on_done(sources[Source.FROM_CACHE])
+    budget = DecodeBudget(DECODE_BUDGET_BYTES)
     executor = ThreadPoolExecutor(max_workers=jobs)
-    try:
-        work = executor.map(lambda item: fingerprint_file(
-            files[item[0]], hash_size, haystack_by_digest, files[item[0]].size in sizes_to_digest, item[1]), todo)
-        for (i, _), (fingerprint, source) in zip(todo, work):
-            fingerprints[i] = fingerprint
-            sources[source] += 1
-            if cache and source not in (Source.NOT_READ, Source.SIZE_ONLY):
-                cache.store(files[i], fingerprint)
-            on_done(1)
-    finally:
-        # On Ctrl-C, drop the queued files instead of waiting for them, and keep what is done.
-        executor.shutdown(wait=True, cancel_futures=True)
-        if cache:
-            cache.flush()
+    with DecoderMessages() as messages:
+        try:
+            work = executor.map(lambda item: fingerprint_file(
+                files[item[0]], hash_size, haystack_by_digest, files[item[0]].size in sizes_to_digest, item[1],
+                budget=budget, messages=messages), todo)
+            suspects = []
+            for (i, _), (fingerprint, source) in zip(todo, work):
+                fingerprints[i] = fingerprint
+                sources[source] += 1
+                if fingerprint.damage == "":
+                    suspects.append(i)
+                elif cache and source not in (Source.NOT_READ, Source.SIZE_ONLY):
+                    cache.store(files[i], fingerprint)
+                on_done(1)
+            executor.shutdown(wait=True)
+            for i in suspects:
+                fingerprints[i] = dataclasses.replace(fingerprints[i], damage=_damage(files[i], messages) or None)
+                if cache:
+                    cache.store(files[i], fingerprints[i])
+        finally:
+            # On Ctrl-C or SIGTERM, drop the queued files instead of waiting for them, and keep what is done.
+            budget.cancel()
+            executor.shutdown(wait=True, cancel_futures=True)
+            if cache:
+                cache.flush()
     return tuple(fingerprints), sources
+
+
+def _damage(file: FoundFile, messages: DecoderMessages) -> str:
+    """What the decoder says of a file when it decodes it alone: the file decoded while some
+    decoder complained, perhaps of another file."""
+    try:
+        with open_regular_file(file.path) as stream:
+            data = read_bounded(stream, DECODE_BUDGET_BYTES)
+    except (OSError, UnreadableImage):
+        return ""
+    return messages.check_alone(lambda: _decode_quietly(data, os.path.splitext(file.path)[1]))
+
+
+def _decode_quietly(data: bytes, extension: str) -> None:
+    with contextlib.suppress(UnreadableImage, MemoryError):
+        decode_image(data, extension)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1013,6 +1546,12 @@ class Tree:
         failed = [Unreadable(file.rel, fingerprint.reason, file.kind)
                   for file, fingerprint in zip(self.scan.files, self.fingerprints) if fingerprint.reason is not None]
         return sorted([*self.scan.unreadable, *failed], key=lambda problem: problem.rel)
+
+    @property
+    def damaged(self) -> list[tuple[str, str]]:
+        """Images that decoded although damaged, with what the decoder said: (rel, damage)."""
+        return [(file.rel, fingerprint.damage)
+                for file, fingerprint in zip(self.scan.files, self.fingerprints) if fingerprint.damage]
 
 
 # ---------------------------------------------------------------------------------------
@@ -1607,6 +2146,31 @@ def folder_verdicts(results: Sequence[NeedleResult]) -> list[FolderVerdict]:
 SUMMARY_UNREADABLE_SHOWN = 10
 
 
+def _escape_table() -> dict[int, str]:
+    named = {0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r", 0x1B: "\\e"}
+    controls = [*range(0x20), 0x7F, *range(0x80, 0xA0)]  # C0, DEL, C1
+    # Bidirectional controls reorder what follows them (U+202E shows 'gpj.exe' as 'exe.jpg');
+    # the line and paragraph separators end a line in some terminals and viewers.
+    invisible = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029]
+    table = {code: named.get(code, f"\\x{code:02x}") for code in controls}
+    table.update({code: f"\\u{code:04x}" for code in invisible})
+    # os.fsdecode turns each byte of a name that is not UTF-8 into U+DC80..U+DCFF: shown as
+    # that byte, as ls shows it. Other lone surrogates cannot come from a file name.
+    table.update({code: f"\\x{code - 0xDC00:02x}" for code in range(0xDC80, 0xDD00)})
+    table[0x5C] = "\\\\"  # a real backslash doubled, so that no name forges an escape
+    return table
+
+
+ESCAPES = _escape_table()
+
+
+def safe_name(text: str) -> str:
+    """A name (or a message holding names) as a terminal is to show it, as ls does: on one
+    line, control characters, escapes and bidi overrides written as escapes, so that what it
+    looks like is what it is. JSON and CSV keep names exact."""
+    return text.translate(ESCAPES)
+
+
 def render_text(result: RunResult, list_missing: bool = False, list_matched: bool = False) -> str:
     """The report for a person: every needle folder, one line each, under its verdict (those
     not in the haystack first, those in it last: the ones that may go), then the bottom line.
@@ -1620,19 +2184,20 @@ def render_text(result: RunResult, list_missing: bool = False, list_matched: boo
     by_folder: dict[str, list[NeedleResult]] = defaultdict(list)
     for needle in result.results:
         by_folder[needle.folder].append(needle)
-    width = max(len(folder.folder) for folder in folders)
+    width = max(len(safe_name(folder.folder)) for folder in folders)
     lines = []
     for verdict in (Verdict.NOT_IN, Verdict.PARTLY_IN, Verdict.NOTHING_COMPARED, Verdict.IN):
         group = [folder for folder in folders if folder.verdict == verdict]
         if group:
             lines.append(f"{verdict.label[0].upper()}{verdict.label[1:]} ({_count(len(group), 'folder')}):")
         for folder in group:
-            lines.append(f"  {folder.folder:<{width}}  {folder_line(folder)}")
+            lines.append(f"  {safe_name(folder.folder):<{width}}  {folder_line(folder)}")
             for needle in by_folder[folder.folder]:
                 if list_matched and needle.match is not None:
-                    lines.append(f"      {_file_name(needle)}  =  {needle.match.path}  ({match_note(needle.match)})")
+                    lines.append(f"      {_file_name(needle)}  =  {safe_name(needle.match.path)}"
+                                 f"  ({match_note(needle.match)})")
                 elif list_missing and needle.match is None:
-                    note = "" if needle.status == NeedleStatus.MISSING else f"  ({needle_note(needle)})"
+                    note = "" if needle.status == NeedleStatus.MISSING else f"  ({safe_name(needle_note(needle))})"
                     lines.append(f"      {_file_name(needle)}{note}")
     done = [folder for folder in folders if folder.verdict == Verdict.IN]
     files_done = _count(sum(folder.compared for folder in done), _noun({
@@ -1654,7 +2219,7 @@ def hint_line(hint: Hint) -> str:
 
 
 def _file_name(needle: NeedleResult) -> str:
-    return posixpath.basename(needle.rel.rstrip("/")) or "(the folder itself)"
+    return safe_name(posixpath.basename(needle.rel.rstrip("/"))) or "(the folder itself)"
 
 
 def match_note(match: Match) -> str:
@@ -1709,20 +2274,28 @@ def _count(n: int, noun: str) -> str:
 
 def render_summary(result: RunResult, verbose: bool = False) -> str:
     """What each tree held and took, for stderr; the haystack's unreadable files (all of both
-    trees' with verbose), since they make their copies among the needles look missing."""
+    trees' with verbose), since they make their copies among the needles look missing; with
+    verbose, the damaged images that still decoded and the links not followed too."""
     lines = []
     for tree in (result.haystack, result.needles):
         how = ", ".join(f"{n} {source.label}" for source, n in tree.sources.items() if n)
         videos = sum(file.kind == Kind.VIDEO for file in tree.scan.files)
         held = [_count(tree.hashed, "image") + " hashed"] + ([_count(videos, "video")] if videos else [])
         held.append(f"{len(tree.unreadable)} unreadable")
+        if tree.damaged:
+            held.append(f"{len(tree.damaged)} damaged")
         if tree.scan.not_compared:
             held.append(f"{_count(len(tree.scan.not_compared), 'other file')} not compared")
+        if tree.scan.not_followed:
+            held.append(f"{_count(len(tree.scan.not_followed), 'link')} not followed")
         lines.append(f"{tree.name}: {', '.join(held)}, in {tree.seconds:.1f} s" + (f" ({how})" if how else ""))
         shown = tree.unreadable if verbose else tree.unreadable[:SUMMARY_UNREADABLE_SHOWN] if tree is result.haystack else []
-        lines += [f"  unreadable: {problem.rel}: {problem.reason}" for problem in shown]
+        lines += [f"  unreadable: {safe_name(problem.rel)}: {safe_name(problem.reason)}" for problem in shown]
         if len(shown) < len(tree.unreadable) and tree is result.haystack:
             lines.append(f"  ... and {len(tree.unreadable) - len(shown)} more (--verbose lists them all)")
+        if verbose:
+            lines += [f"  damaged: {safe_name(rel)}: {safe_name(damage)}" for rel, damage in tree.damaged]
+            lines += [f"  not followed: {safe_name(link.rel)}: {safe_name(link.reason)}" for link in tree.scan.not_followed]
     if result.pruned is not None:
         lines.append(f"cache: forgot {_count(result.pruned, 'record')} of files that are gone")
     return "".join(line + "\n" for line in lines)
@@ -1765,6 +2338,14 @@ def render_json(result: RunResult) -> str:
             for tree in (result.haystack, result.needles) for problem in tree.unreadable
         ],
         "hints": [{"count": hint.count, "option": hint.option} for hint in result.hints],
+        "damaged": [
+            {"tree": tree.name, "path": rel, "damage": damage}
+            for tree in (result.haystack, result.needles) for rel, damage in tree.damaged
+        ],
+        "not_followed": [
+            {"tree": tree.name, "path": link.rel, "reason": link.reason}
+            for tree in (result.haystack, result.needles) for link in tree.scan.not_followed
+        ],
         "elapsed_seconds": round(result.elapsed, 3),
     }
     return json.dumps(document, indent=2) + "\n"
@@ -1784,7 +2365,9 @@ def render_csv(result: RunResult) -> str:
     """One row per needle file (per match with Settings.all_matches), names exactly as they
     are: the csv module quotes what needs it."""
     out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
+    # RFC 4180's line ends: Python 3.11 quotes a field holding a character of the line end only,
+    # and a file name may hold a lone \r.
+    writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(CSV_COLUMNS)
     for needle in result.results:
         for match in needle.matches or (None,):
@@ -1843,8 +2426,8 @@ def copy_missing(result: RunResult, target: Path, dry_run: bool = False,
     Never overwrites: a file already there with the same bytes is skipped, a different one
     left alone. Each copy is written under a temporary name, checked against the source's
     digest, keeps the source's timestamps, and only then takes its name. Raises FatalError,
-    before writing anything, for a target inside the haystack or the needles."""
-    check_copy_target(target, result.haystack_root, result.needles_root)
+    before writing anything, for a target inside any folder either walk entered."""
+    check_copy_target(target, {"--haystack": result.haystack.scan.walked, "--needles": result.needles.scan.walked})
     outcomes = []
     for rel in files_to_copy(result):
         copied = _copy_one(result.needles_root / rel, target / rel, rel, dry_run)
@@ -1853,11 +2436,11 @@ def copy_missing(result: RunResult, target: Path, dry_run: bool = False,
     return outcomes
 
 
-def check_copy_target(target: Path, haystack: Path, needles: Path) -> None:
-    real_target = Path(os.path.realpath(target))
-    for option, root in (("--haystack", haystack), ("--needles", needles)):
-        if real_target.is_relative_to(os.path.realpath(root)):
-            raise FatalError(f"--copy-missing {target} is inside {option}, which is never written to")
+def check_copy_target(target: Path, walked: Mapping[str, Container[tuple[int, int]]]) -> None:
+    """Raise FatalError for a target inside a folder read (see read_folder_holding)."""
+    option = read_folder_holding(target, walked)
+    if option:
+        raise FatalError(f"--copy-missing {target} is inside {option}, which is never written to")
 
 
 def _copy_one(source: Path, destination: Path, rel: str, dry_run: bool) -> Copied:
@@ -1902,9 +2485,9 @@ def _file_digest(path: Path) -> bytes:
 def render_copies(copies: Sequence[Copied], target: Path) -> str:
     """What --copy-missing did: the totals, then each file that was not simply copied."""
     counts = Counter(copied.outcome for copied in copies)
-    lines = [f"Copy missing to {target}: " + (", ".join(f"{n} {outcome.label}" for outcome, n in sorted(counts.items()))
-                                               or "nothing to copy")]
-    lines += [f"  {copied.rel}: {copied.outcome.label}" + (f" ({copied.reason})" if copied.reason else "")
+    lines = [f"Copy missing to {safe_name(str(target))}: "
+             + (", ".join(f"{n} {outcome.label}" for outcome, n in sorted(counts.items())) or "nothing to copy")]
+    lines += [f"  {safe_name(copied.rel)}: {copied.outcome.label}" + (f" ({safe_name(copied.reason)})" if copied.reason else "")
               for copied in copies if copied.outcome not in (CopyOutcome.COPIED, CopyOutcome.ALREADY_THERE)]
     return "".join(line + "\n" for line in lines)
 
@@ -1928,6 +2511,7 @@ class Settings:
     cache: Path | None = None  # the SQLite cache file, or None for no cache
     prune_cache: bool = False  # also forget cached files that no longer exist
     all_matches: bool = False  # every copy of each needle in the haystack, not only the best
+    follow_links: bool = False  # also enter symbolic links to folders outside the root walked
 
     def __post_init__(self) -> None:
         if self.hash_size not in HASH_SIZE_RANGE:
@@ -2001,17 +2585,31 @@ def check_folder(path: Path, option: str) -> None:
         raise FatalError(f"{option} {path}: permission denied")
 
 
-def open_cache(settings: Settings, roots: Mapping[str, Path], warn: Callable[[str], None]) -> HashCache | None:
+def open_cache(settings: Settings, walked: Mapping[str, Container[tuple[int, int]]],
+               warn: Callable[[str], None]) -> HashCache | None:
     """The cache asked for, unless it would be written inside a folder being read."""
     if settings.cache is None:
         return None
-    real = Path(os.path.realpath(settings.cache))
-    for option, root in roots.items():
-        if real.is_relative_to(os.path.realpath(root)):
-            warn(f"cache {settings.cache} would be inside {option}, which is never written to; "
-                 "going on without a cache")
-            return None
+    option = read_folder_holding(settings.cache, walked)
+    if option:
+        warn(f"cache {settings.cache} would be inside {option}, which is never written to; going on without a cache")
+        return None
     return HashCache(settings.cache, settings.hash_size, warn)
+
+
+def read_folder_holding(path: Path, walked: Mapping[str, Container[tuple[int, int]]]) -> str | None:
+    """The option (--haystack, --needles) whose walk entered a folder holding path, by device and
+    inode of each folder on its real path, so through any link or bind mount; None if none."""
+    folder = Path(os.path.realpath(path))
+    for ancestor in (folder, *folder.parents):
+        try:
+            identity = folder_identity(ancestor)
+        except OSError:  # not there yet: the file or folders that would be made
+            continue
+        for option, identities in walked.items():
+            if identity in identities:
+                return option
+    return None
 
 
 def run(haystack: str | os.PathLike[str], needles: str | os.PathLike[str], settings: Settings = Settings(), *,
@@ -2041,8 +2639,9 @@ def run(haystack: str | os.PathLike[str], needles: str | os.PathLike[str], setti
         found_at = time.perf_counter()
         other = identities["needles" if name == "haystack" else "haystack"]
         with progress(f"finding {name}", None, "file") as bar:
-            scans[name] = find_files(root, {other}, bar.update), time.perf_counter() - found_at
-    cache = open_cache(settings, roots, warn)
+            scans[name] = (find_files(root, {other}, bar.update, settings.follow_links),
+                           time.perf_counter() - found_at)
+    cache = open_cache(settings, {f"--{name}": scan.walked for name, (scan, _) in scans.items()}, warn)
 
     def hash_tree(name: str, sizes_to_digest: Container[int], haystack_by_digest: Mapping[bytes, Fingerprint]) -> Tree:
         scan, seconds = scans[name]
@@ -2077,14 +2676,21 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
         prog="hash_and_search.py",
         description="Report which needle folders have images that are not in the haystack, "
                     "comparing images by perceptual difference hash (dHash).",
-        epilog="exit status: 0 every needle image matched; 1 some needle image did not match "
+        epilog=f"limits: the images decoding at once share {format_bytes(DECODE_BUDGET_BYTES)} (peak memory stays "
+               "under 1 GiB whatever the files and --jobs); an image whose header says it needs more, or a file "
+               "larger than that, is reported as too large, with the numbers. "
+               "exit status: 0 every needle image matched; 1 some needle image did not match "
                "(or could not be read); 2 usage error or fatal problem, such as a folder that "
-               "does not exist or cannot be read; 130 interrupted.",
+               "does not exist or cannot be read, or a report that cannot be written; 130 interrupted "
+               "(Ctrl-C); 141 the reader of the report went away (| head); 143 terminated (SIGTERM).",
     )
-    parser.add_argument("-a", "--haystack", required=True, type=Path, metavar="DIR",
+    parser.add_argument("-a", "--haystack", required=True, type=folder_argument, metavar="DIR",
                         help="the library: folder searched recursively for images")
-    parser.add_argument("-n", "--needles", required=True, type=Path, metavar="DIR",
+    parser.add_argument("-n", "--needles", required=True, type=folder_argument, metavar="DIR",
                         help="the backup: folder whose subfolders are checked against the haystack")
+    parser.add_argument("--follow-links", action="store_true",
+                        help="also enter symbolic links to folders outside the folder walked (never into "
+                             "/proc, /sys, /dev); without it they are counted, and named with -v")
     parser.add_argument("--hash-size", type=int, default=DEFAULT_HASH_SIZE, metavar="N",
                         help=f"hash of N x N bits (default {DEFAULT_HASH_SIZE}: 64 bits)")
     parser.add_argument("-d", "--distance", type=int, default=0, metavar="D",
@@ -2110,14 +2716,16 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
                              "their sidecars) into DIR, under the same paths; never overwrites")
     parser.add_argument("--dry-run", action="store_true", help="with --copy-missing: say what would be copied")
     parser.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N",
-                        help="images decoded at once (default: all %(default)s cores)")
+                        help="images decoded at once, within the shared memory budget (default: all %(default)s cores)")
     cache = parser.add_mutually_exclusive_group()
     cache.add_argument("--cache", type=Path, metavar="FILE",
                        help="the hash cache, an SQLite file (default: in the user's cache folder)")
     cache.add_argument("--no-cache", action="store_true", help="neither read nor write a hash cache")
     parser.add_argument("--prune-cache", action="store_true",
                         help="also forget cached files that no longer exist")
-    parser.add_argument("-v", "--verbose", action="store_true", help="list each unreadable file with the reason")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="list each unreadable file with the reason, each damaged image that still decoded, "
+                             "each symbolic link not followed")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars and no summary on stderr")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     args = parser.parse_args(argv)
@@ -2126,7 +2734,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
     try:
         settings = Settings(args.hash_size, args.distance, args.rotations, args.jobs,
                             None if args.no_cache else args.cache or default_cache_path(), args.prune_cache,
-                            args.all_matches)
+                            args.all_matches, args.follow_links)
     except SettingError as err:
         parser.error(f"{OPTION_OF_SETTING[err.name]} {err.problem}")
     return args, settings
@@ -2135,8 +2743,26 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
 OPTION_OF_SETTING = {"hash_size": "--hash-size", "distance": "--distance", "jobs": "--jobs"}
 
 
+def folder_argument(text: str) -> Path:
+    """argparse type for --haystack and --needles: Path('') is '.', which nobody means."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text)
+
+
+def say(text: str) -> None:
+    """Write a line to stderr. A stderr that fails (a closed pipe, a full disk) must not end
+    the run: its output is dropped from then on."""
+    try:
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        _silence(2)
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the run
+
+
 def warn(message: str) -> None:
-    print(f"hash_and_search: warning: {message}", file=sys.stderr)
+    say(f"hash_and_search: warning: {safe_name(message)}")
 
 
 def tqdm_progress(description: str, total: int | None, unit: str) -> AbstractContextManager[Bar]:
@@ -2146,38 +2772,112 @@ def tqdm_progress(description: str, total: int | None, unit: str) -> AbstractCon
     return tqdm(desc=description, total=total, unit=unit, leave=False, file=sys.stderr)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """The command line: parse the arguments, run, print the report, return the exit status."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: a KeyboardInterrupt, so that every path Ctrl-C
+    takes (queued files dropped, the cache's batch committed) is taken for it too."""
+
+
+def _raise_terminated(signum: int, frame: object) -> NoReturn:
+    raise Terminated
+
+
+def prepare_streams() -> None:
+    """Give a closed fd 0, 1 or 2 /dev/null before anything opens a file: else the next file
+    opened (the cache) gets that number, and a decoder's message to fd 2 would be written
+    into it. A closed stderr becomes /dev/null; names need not be valid text."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR)
+            if null != fd:
+                os.dup2(null, fd)
+                os.close(null)
+    if sys.stderr is None:
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the run
     for stream in (sys.stdout, sys.stderr):
-        stream.reconfigure(errors="backslashreplace")  # file names need not be valid text
+        if stream is not None:
+            stream.reconfigure(errors="backslashreplace")
+
+
+def _silence(fd: int) -> None:
+    """Point fd at /dev/null, so that Python's last flush at exit has nowhere to fail."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, fd)
+    os.close(null)
+
+
+# Characters of the report written and flushed at a time. CPython 3.11's buffered writer
+# drops, without an error, the rest of one large write that a pipe took only part of before
+# its reader left (| head); in blocks, the next block's write raises BrokenPipeError.
+WRITE_BLOCK = 8192
+
+
+def write_report(text: str) -> None:
+    for start in range(0, len(text), WRITE_BLOCK):
+        sys.stdout.write(text[start:start + WRITE_BLOCK])
+        sys.stdout.flush()
+
+
+# What writing the report can fail with besides a closed pipe: a full disk (/dev/full), a
+# quota, a file size limit, an I/O error.
+WRITE_ERRORS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EIO})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The command line: parse the arguments, run, print the report, return the exit status.
+    However the streams fail, it ends in one line on stderr (when there is one) and a
+    documented status, never a traceback; SIGTERM is handled as Ctrl-C."""
+    prepare_streams()
+    if sys.stdout is None:  # started with >&-
+        say("hash_and_search: error: standard output is closed: nowhere to write the report")
+        return EXIT_FATAL
     args, settings = parse_args(argv)
     show_progress = not args.quiet and sys.stderr.isatty()
+    previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         if args.copy_missing:
-            check_copy_target(args.copy_missing, args.haystack, args.needles)
+            for option, root in (("--haystack", args.haystack), ("--needles", args.needles)):
+                check_folder(root, option)
+            check_copy_target(args.copy_missing, {"--haystack": {folder_identity(args.haystack)},
+                                                  "--needles": {folder_identity(args.needles)}})
         result = run(args.haystack, args.needles, settings, warn=warn,
                      progress=tqdm_progress if show_progress else no_progress)
         if not args.quiet:
-            sys.stderr.write(render_summary(result, args.verbose))
-        sys.stdout.write(render_json(result) if args.json else render_csv(result) if args.csv
-                         else render_text(result, args.list_missing, args.list_matched))
-        sys.stdout.flush()
+            say(render_summary(result, args.verbose).rstrip("\n"))
+        write_report(render_json(result) if args.json else render_csv(result) if args.csv
+                     else render_text(result, args.list_missing, args.list_matched))
         exit_code = result.exit_code
         if args.copy_missing:
             copies = copy_missing(result, args.copy_missing, args.dry_run)
-            (sys.stderr if args.json or args.csv else sys.stdout).write(render_copies(copies, args.copy_missing))
+            report = render_copies(copies, args.copy_missing)
+            if args.json or args.csv:  # stdout holds the document
+                say(report.rstrip("\n"))
+            else:
+                write_report(report)
             if any(copied.outcome == CopyOutcome.FAILED for copied in copies):
                 exit_code = EXIT_FATAL
+        return exit_code
     except FatalError as err:
-        print(f"hash_and_search: error: {err}", file=sys.stderr)
+        say(f"hash_and_search: error: {safe_name(str(err))}")
         return EXIT_FATAL
+    except Terminated:
+        say("hash_and_search: terminated")
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
-        print("hash_and_search: interrupted", file=sys.stderr)
+        say("hash_and_search: interrupted")
         return EXIT_INTERRUPTED
-    except BrokenPipeError:  # the reader went away (| head): nothing left to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_SOME_UNMATCHED
-    return exit_code
+    except BrokenPipeError:  # the reader went away (| head): nothing left to say, as other tools
+        _silence(sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except OSError as err:
+        if err.errno not in WRITE_ERRORS:
+            raise
+        _silence(sys.stdout.fileno())  # what the buffer still holds goes nowhere instead of failing at exit
+        say(f"hash_and_search: error: cannot write the report: {describe_os_error(err)}")
+        return EXIT_FATAL
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
 
 
 if __name__ == "__main__":
