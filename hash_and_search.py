@@ -2518,8 +2518,8 @@ class Settings:
             raise SettingError("hash_size", f"must be from {HASH_SIZE_RANGE.start} to {HASH_SIZE_RANGE.stop - 1}")
         if not 0 <= self.distance <= self.hash_size ** 2:
             raise SettingError("distance", f"must be from 0 to {self.hash_size ** 2}, the bits in a hash")
-        if self.jobs < 1:
-            raise SettingError("jobs", "must be at least 1")
+        if not 1 <= self.jobs <= default_jobs():  # more threads than cores only queue for them
+            raise SettingError("jobs", f"must be from 1 to {default_jobs()}, the cores")
 
 
 class SettingError(ValueError):

@@ -140,7 +140,7 @@ def test_parallel_and_serial_runs_agree(trees) -> None:
     library(trees)
     (trees[1] / "old" / "broken.jpg").write_bytes(b"junk")
     serial = run_trees(*trees, jobs=1)
-    parallel = run_trees(*trees, jobs=4)
+    parallel = run_trees(*trees, jobs=hs.default_jobs())
     assert serial.results == parallel.results and serial.folders == parallel.folders
     assert serial.haystack.fingerprints == parallel.haystack.fingerprints
 

@@ -140,9 +140,9 @@ def test_low_detail_needles_are_not_evidence_of_import(trees) -> None:
 def test_options_become_settings(tmp_path, private_cache) -> None:
     assert hs.parse_args(["-a", "lib", "-n", "old"])[1] == hs.Settings(
         cache=private_cache / "hash_and_search" / "fingerprints.sqlite3")
-    assert hs.parse_args(["-a", "lib", "-n", "old", "--hash-size", "16", "-d", "6", "--rotations", "-j", "3",
+    assert hs.parse_args(["-a", "lib", "-n", "old", "--hash-size", "16", "-d", "6", "--rotations", "-j", "1",
                           "--cache", str(tmp_path / "c"), "--prune-cache"])[1] == hs.Settings(
-        hash_size=16, distance=6, rotations=True, jobs=3, cache=tmp_path / "c", prune_cache=True)
+        hash_size=16, distance=6, rotations=True, jobs=1, cache=tmp_path / "c", prune_cache=True)
     assert hs.parse_args(["-a", "lib", "-n", "old", "--no-cache"])[1].cache is None
 
 
@@ -172,3 +172,9 @@ def test_help_documents_the_exit_status() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     command = readme_block("## Run the tests").strip()
     assert command in (REPO / ".ci" / "run").read_text().splitlines()
+
+
+def test_jobs_beyond_the_cores_is_a_usage_error(trees) -> None:
+    cores = hs.default_jobs()
+    completed = run_tool("-a", trees[0], "-n", trees[1], "--jobs", str(cores + 1))
+    assert completed.returncode == 2 and f"--jobs must be from 1 to {cores}, the cores" in completed.stderr
