@@ -25,7 +25,7 @@ The pipeline, one section of this file each, top to bottom:
     (all)     fingerprint_tree(scan) -> Tree: every file hashed on a thread pool, through the cache
     index     HammingIndex: the hashes within a distance of a query, without a full scan
     match     match_needles(haystack, needles) -> NeedleResult per needle; folder_verdicts
-    report    render_text(result), render_json(result)
+    report    render_text(result), render_json(result), render_csv(result); render_html(result, thumbnails)
     run       run(haystack, needles, Settings()) -> RunResult: the whole pipeline, no printing
     command   main(): arguments in, report and exit status out
 
@@ -35,6 +35,7 @@ Library use: `run`, `Settings`, `RunResult` and the renderers are the stable sur
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import csv
 import ctypes
@@ -43,12 +44,14 @@ import enum
 import errno
 import functools
 import hashlib
+import html
 import io
 import itertools
 import json
 import math
 import os
 import posixpath
+import re
 import shutil
 import signal
 import sqlite3
@@ -69,6 +72,7 @@ __version__ = "1.1.0"
 __all__ = [
     "run", "Settings", "RunResult", "Tree", "NeedleResult", "Match", "FolderVerdict", "Fingerprint",
     "NeedleStatus", "Verdict", "Source", "Kind", "Method", "render_text", "render_summary", "render_json",
+    "render_csv", "render_html", "make_thumbnails",
     "find_files", "fingerprint_pixels",
     "HammingIndex", "brute_force_search", "HashCache", "FatalError", "main",
 ]
@@ -2387,6 +2391,358 @@ def _by_kind(counts: Mapping[tuple[Kind, NeedleStatus], int]) -> dict[str, dict[
     return dict(nested)
 
 
+# --- HTML: one self-contained page to open in a browser -------------------------------
+#
+# Inline CSS, no script, thumbnails as base64 data: URIs, and a Content-Security-Policy that lets
+# the browser load nothing else. Measured at 5,000 thumbnails: a 58 MiB page whose summary shows
+# in 0.2 s and a thumbnail scrolled to in 0.35 s (lazy loading); with the thumbnails in a folder
+# beside the page its load event comes sooner (0.65 s against 2.0 s) but the summary and each
+# thumbnail later, and a page that is one file cannot lose its pictures when moved or mailed.
+
+# Thumbnails are keyed by tree name and path: a needle and a haystack file may share a path.
+ThumbnailKey = tuple[str, str]
+
+THUMBNAIL_MAX_SIDE = 256  # pixels; shown in a 200-pixel box, so still sharp on a 1.25x screen
+THUMBNAIL_JPEG_QUALITY = 75  # 8.7 KiB for a 256-pixel photo on average: 5,000 make a 58 MiB page
+THUMBNAIL_MAX_FILE_BYTES = 1 << 30  # a larger file gets no thumbnail, only its name and status
+TILE = 200  # CSS pixels: the square box every thumbnail is fitted into, so nothing moves as they load
+
+UNMATCHED_NOTES = {
+    NeedleStatus.MISSING: "not found",
+    NeedleStatus.SIMILAR: "only a similar shot found",
+    NeedleStatus.LOW_DETAIL: "too little detail to tell",
+    NeedleStatus.UNREADABLE: "could not be read",
+}
+VERDICT_CLASSES = {Verdict.NOT_IN: "not", Verdict.PARTLY_IN: "partly", Verdict.NOTHING_COMPARED: "nothing",
+                   Verdict.IN: "in"}
+VERDICT_BADGES = {Verdict.NOT_IN: "not in", Verdict.PARTLY_IN: "partly in",
+                  Verdict.NOTHING_COMPARED: "nothing to compare", Verdict.IN: "in"}
+
+# What a name may hold that a page must not show raw: bytes that were not UTF-8 (os.fsdecode
+# keeps them as lone surrogates, which the page's UTF-8 cannot encode), control characters
+# (invisible, or a parse error) and bidirectional controls (they could show "gpj.exe" as
+# "exe.jpg"). Each is shown as an escape instead, as a Python literal would write it.
+_UNSHOWABLE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069\ud800-\udfff]")
+
+
+def _escape_char(found: re.Match[str]) -> str:
+    code = ord(found.group())
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8, as surrogateescape keeps it
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def shown_text(text: str) -> str:
+    """Any name, path or reason as HTML text (or attribute value): escaped, and readable."""
+    return html.escape(_UNSHOWABLE.sub(_escape_char, text), quote=True)
+
+
+def _is_near_match(needle: NeedleResult) -> bool:
+    return needle.status == NeedleStatus.MATCHED and needle.match is not None and needle.match.distance > 0
+
+
+def images_to_show(result: RunResult) -> set[ThumbnailKey]:
+    """The images the page shows, for the caller to make thumbnails of (and of no others):
+    each unmatched needle that was decoded, and both sides of every similar and near match."""
+    keys = set()
+    for needle in result.results:
+        near = _is_near_match(needle)
+        if needle.kind in HASHED_KINDS and (near or needle.status in (
+                NeedleStatus.MISSING, NeedleStatus.SIMILAR, NeedleStatus.LOW_DETAIL)):
+            keys.add((result.needles.name, needle.rel))
+        other = needle.similar if needle.status == NeedleStatus.SIMILAR else needle.match if near else None
+        if other is not None:
+            keys.add((result.haystack.name, other.path))
+    return keys
+
+
+def make_thumbnail(pixels, max_side: int = THUMBNAIL_MAX_SIDE) -> bytes:
+    """JPEG bytes of decoded pixels (from the same decoders as hashing), the longer side at
+    most max_side. Area averaging: a photo shrunk 20 times stays free of moire."""
+    cv2 = _cv2()
+    height, width = pixels.shape[:2]
+    scale = max_side / max(height, width)
+    if scale < 1:
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        pixels = cv2.resize(pixels, size, interpolation=cv2.INTER_AREA)
+    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, THUMBNAIL_JPEG_QUALITY])
+    if not ok:
+        raise UnreadableImage("OpenCV could not encode the thumbnail")
+    return encoded.tobytes()
+
+
+def make_thumbnails(result: RunResult, progress: Progress = no_progress) -> dict[ThumbnailKey, bytes]:
+    """The thumbnail of each image the page shows (images_to_show), read and decoded again on
+    result.settings.jobs threads. An image that cannot be read now is left out: the page
+    shows its name and status in an empty box."""
+    roots = {result.haystack.name: result.haystack_root, result.needles.name: result.needles_root}
+    keys = sorted(images_to_show(result))
+
+    def thumbnail(key: ThumbnailKey) -> bytes | None:
+        tree, rel = key
+        try:
+            with open(roots[tree] / rel, "rb") as stream:
+                data = stream.read(THUMBNAIL_MAX_FILE_BYTES + 1)
+            if len(data) > THUMBNAIL_MAX_FILE_BYTES:
+                return None
+            return make_thumbnail(decode_image(data, os.path.splitext(rel)[1]))
+        except Exception:  # the file changed or went away since it was hashed: no picture, no end
+            return None
+
+    thumbnails = {}
+    executor = ThreadPoolExecutor(max_workers=result.settings.jobs)
+    try:
+        with progress("making thumbnails", len(keys), "image") as bar:
+            for key, data in zip(keys, executor.map(thumbnail, keys)):
+                if data is not None:
+                    thumbnails[key] = data
+                bar.update(1)
+    finally:
+        executor.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C, drop the queued images
+    return thumbnails
+
+
+def _thumbnail(thumbnails: Mapping[ThumbnailKey, bytes], key: ThumbnailKey, placeholder: str) -> str:
+    """An image fitted into the TILE box, or the box with a word when there is no picture
+    (a video, an unreadable file). Fixed width and height: the layout is final before any
+    image decodes; lazy: only the thumbnails near the screen are decoded."""
+    data = thumbnails.get(key)
+    if data is None:
+        return f'<div class="thumb none" aria-hidden="true">{shown_text(placeholder)}</div>'
+    source = "data:image/jpeg;base64," + base64.b64encode(data).decode("ascii")
+    return f'<img class="thumb" src="{source}" width="{TILE}" height="{TILE}" loading="lazy" decoding="async" alt="">'
+
+
+def _match_line(match: Match) -> str:
+    parts = [_count(match.distance, "bit") + " apart"]
+    if match.similarity is not None:
+        parts.append(f"similarity {match.similarity:.2f}")
+    if match.orientation:
+        parts.append(ORIENTATIONS[match.orientation])
+    return " · ".join(parts)
+
+
+def _pair(result: RunResult, needle: NeedleResult, match: Match, thumbnails: Mapping[ThumbnailKey, bytes],
+          verdict: str) -> str:
+    """The needle and its closest library image side by side, with how close they are."""
+    return (
+        f'<li class="pair" data-status="{needle.status.value}">'
+        f'<figure>{_thumbnail(thumbnails, (result.needles.name, needle.rel), "no preview")}'
+        f'<figcaption><span class="name" title="{shown_text(needle.rel)}">{shown_text(needle.rel)}</span>'
+        f'<span class="side">backup</span></figcaption></figure>'
+        f'<figure>{_thumbnail(thumbnails, (result.haystack.name, match.path), "no preview")}'
+        f'<figcaption><span class="name" title="{shown_text(match.path)}">{shown_text(match.path)}</span>'
+        f'<span class="side">library</span></figcaption></figure>'
+        f'<p class="verdict-line"><span class="status {"similar" if needle.status == NeedleStatus.SIMILAR else "near"}">'
+        f'{shown_text(verdict)}</span> {shown_text(_match_line(match))}</p></li>')
+
+
+def _tile(result: RunResult, needle: NeedleResult, thumbnails: Mapping[ThumbnailKey, bytes]) -> str:
+    note = UNMATCHED_NOTES.get(needle.status, needle.status.label)
+    reason = needle.reason
+    if needle.kind == Kind.VIDEO and needle.status == NeedleStatus.MISSING:
+        reason = "a video matches only a file with the same bytes"
+    reason_html = f'<span class="reason">{shown_text(reason)}</span>' if reason not in (None, note) else ""
+    # A word where there is no picture: why (unreadable), else what it is (a video).
+    placeholder = ("unreadable" if needle.status == NeedleStatus.UNREADABLE
+                   else "no preview" if needle.kind in HASHED_KINDS else needle.kind.label)
+    return (f'<li class="tile" data-status="{needle.status.value}">'
+            f'{_thumbnail(thumbnails, (result.needles.name, needle.rel), placeholder)}'
+            f'<span class="name" title="{shown_text(needle.rel)}">{shown_text(_file_name(needle))}</span>'
+            f'<span class="status">{shown_text(note)}</span>{reason_html}</li>')
+
+
+def _folder_notes(folder: FolderVerdict) -> str:
+    """'1 not found, 1 could not be read, 2 other files not compared', and the like."""
+    by_status: Counter[NeedleStatus] = Counter()
+    for (_, status), n in folder.counts.items():
+        by_status[status] += n
+    notes = [f"{by_status[status]} {note}" for status, note in UNMATCHED_NOTES.items() if by_status[status]]
+    if folder.not_compared:
+        notes.append(f"{_count(folder.not_compared, 'other file')} not compared")
+    return ", ".join(notes)
+
+
+def _folder_row(folder: FolderVerdict, anchor: str | None) -> str:
+    name = shown_text(folder.folder)
+    link = f'<a href="#{anchor}">{name}</a>' if anchor else name
+    matched = f"{folder.matched} of {folder.compared}" if folder.compared else "–"
+    return (f'<tr><td><span class="badge {VERDICT_CLASSES[folder.verdict]}">{VERDICT_BADGES[folder.verdict]}'
+            f'</span></td><td class="folder">{link}</td><td class="num">{matched}</td>'
+            f'<td class="notes">{shown_text(_folder_notes(folder))}</td></tr>')
+
+
+def render_html(result: RunResult, thumbnails: Mapping[ThumbnailKey, bytes]) -> str:
+    """The report as one self-contained HTML page to open offline: the totals and every
+    folder's verdict first, then the unmatched files of each folder not or partly in the
+    haystack (a similar shot beside its library image), the near matches to check by eye, and
+    the files that could not be read. thumbnails: from make_thumbnails (a missing one leaves
+    an empty box)."""
+    order = list(VERDICT_CLASSES)
+    folders = sorted(result.folders, key=lambda folder: (order.index(folder.verdict), folder.folder))
+    by_verdict = Counter(folder.verdict for folder in folders)
+    unmatched: dict[str, list[NeedleResult]] = defaultdict(list)
+    for needle in result.results:
+        if needle.status not in (NeedleStatus.MATCHED, NeedleStatus.NOT_COMPARED):
+            unmatched[needle.folder].append(needle)
+    near = [needle for needle in result.results if _is_near_match(needle)]
+    problems = [(tree, problem) for tree in (result.needles, result.haystack) for problem in tree.unreadable]
+    compared = sum(folder.compared for folder in folders)
+    matched = sum(folder.matched for folder in folders)
+    kinds = {kind for folder in folders for (kind, status) in folder.counts if status != NeedleStatus.NOT_COMPARED}
+    anchors = {folder.folder: f"folder-{i}" for i, folder in enumerate(folders)
+               if folder.verdict in (Verdict.NOT_IN, Verdict.PARTLY_IN)}
+
+    pills = "".join(f'<a class="pill {VERDICT_CLASSES[verdict]}" href="#folders">{by_verdict[verdict]} '
+                    f'{VERDICT_BADGES[verdict]}</a>' for verdict in order if by_verdict[verdict])
+    summary_links = [f'<span>{matched} of {_count(compared, _noun(kinds))} matched</span>']
+    if near:
+        summary_links.append(f'<a href="#near">{len(near)} near match{"" if len(near) == 1 else "es"}</a>')
+    if problems:
+        summary_links.append(f'<a href="#unreadable">{len(problems)} unreadable</a>')
+    hints = "".join(f'<p class="hint">{shown_text(hint_line(hint))}</p>' for hint in result.hints)
+    settings = result.settings
+    how = f"hash {settings.hash_size}×{settings.hash_size}, " + (
+        f"distance up to {settings.distance} bits" if settings.distance else "equal hashes only") + (
+        ", turned and mirrored too" if settings.rotations else "")
+    needles_root, haystack_root = shown_text(str(result.needles_root)), shown_text(str(result.haystack_root))
+    parts = [
+        ('<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+         # Nothing but this file's own styles and embedded images may load: a name that got past
+         # escaping could still neither run a script nor reach the network.
+         "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+         "style-src 'unsafe-inline'\">\n"
+         '<meta name="color-scheme" content="light dark">\n'
+         f'<title>Backup check: {needles_root}</title>\n<style>{HTML_CSS}</style>\n</head>\n<body>\n'
+         f'<header class="masthead"><h1>Which of these photos are already in the library?</h1>'
+         f'<p class="meta">Backup (needles) <code>{needles_root}</code> · library (haystack) '
+         f'<code>{haystack_root}</code></p></header>\n'
+         f'<nav class="summary" aria-label="Summary"><strong>{_count(len(folders), "folder")}</strong>{pills}'
+         f'<span class="sep"></span>{" · ".join(summary_links)}</nav>\n'
+         f'<main>\n<section id="folders"><h2>Folders</h2>{hints}'
+         '<p class="lead">A folder is in the haystack only when every photo, RAW file and video in it matched '
+         'a library file; files that could not be compared count as not matched.</p>'
+         '<table class="folders"><thead><tr><th>Verdict</th><th>Folder</th><th class="num">Matched</th>'
+         '<th>Not matched</th></tr></thead><tbody>'),
+        *(_folder_row(folder, anchors.get(folder.folder)) for folder in folders),
+        '</tbody></table></section>\n',
+    ]
+    for folder in folders:
+        if folder.folder not in anchors:
+            continue
+        needles = unmatched[folder.folder]
+        pairs = [_pair(result, needle, needle.similar, thumbnails, "a different shot?")
+                 for needle in needles if needle.status == NeedleStatus.SIMILAR and needle.similar]
+        tiles = [_tile(result, needle, thumbnails)
+                 for needle in needles if not (needle.status == NeedleStatus.SIMILAR and needle.similar)]
+        parts.append(
+            f'<section id="{anchors[folder.folder]}"><h2><span class="badge {VERDICT_CLASSES[folder.verdict]}">'
+            f'{shown_text(folder.verdict.label[0].upper() + folder.verdict.label[1:])}</span> '
+            f'{shown_text(folder.folder)}</h2>'
+            f'<p class="lead">{folder.matched} of {_count(folder.compared, "file")} matched; '
+            f'{"the one" if len(needles) == 1 else "the " + str(len(needles))} below did not.</p>'
+            + (f'<ul class="grid">{"".join(tiles)}</ul>' if tiles else "")
+            + (f'<h3>Closest library image is a different shot</h3><ul class="pairs">{"".join(pairs)}</ul>'
+               if pairs else "")
+            + '</section>\n')
+    if near:
+        parts.append(
+            '<section id="near"><h2>Near matches</h2><p class="lead">Counted as in the library: '
+            'the hashes differ by a few bits and the pictures were confirmed alike (re-encoded, resized or '
+            'edited copies). Worth a glance.</p><ul class="pairs">'
+            + "".join(_pair(result, needle, needle.match, thumbnails, "matched") for needle in near)
+            + '</ul></section>\n')
+    if problems:
+        parts.append(
+            '<section id="unreadable"><h2>Could not be read</h2><p class="lead">Unreadable backup files keep their '
+            'folder from counting as in the haystack; an unreadable library file can make its copies look '
+            'missing.</p><table class="problems"><thead><tr><th>Where</th><th>File</th><th>Why</th></tr></thead>'
+            '<tbody>'
+            + "".join(f'<tr><td>{"backup" if tree is result.needles else "library"}</td><td class="folder">'
+                      f'{shown_text(problem.rel)}</td><td>{shown_text(problem.reason)}</td></tr>'
+                      for tree, problem in problems)
+            + '</tbody></table></section>\n')
+    parts.append(f'</main>\n<footer>hash_and_search {__version__} · {how}</footer>\n</body>\n</html>\n')
+    return "".join(parts)
+
+
+def write_html(result: RunResult, path: Path, progress: Progress = no_progress) -> None:
+    """--html: the page, with thumbnails of the images it shows, written to path (UTF-8).
+    Raises FatalError for a path inside a folder read, or one that cannot be written."""
+    check_outside_read_folders(path, "--html", walked_folders(result))
+    page = render_html(result, make_thumbnails(result, progress))
+    try:
+        with open(path, "w", encoding="utf-8") as stream:
+            stream.write(page)
+    except OSError as err:
+        raise FatalError(f"--html {path}: {describe_os_error(err)}") from None
+
+
+# Calm colours: muted terracotta, ochre and green for the verdicts, each lighter on a dark
+# background. System fonts only (nothing to download). No content-visibility: it saved under
+# 10% of the load time at 5,000 thumbnails and made the scroll bar jump as sections laid out.
+HTML_CSS = """
+:root{color-scheme:light dark;--bg:#f7f6f3;--card:#fff;--fg:#22211f;--muted:#6c6863;--line:#e3e0da;
+--not:#a8412e;--not-bg:#f6e4df;--partly:#8a5a00;--partly-bg:#f8ecd2;--in:#2e6e45;--in-bg:#e0efe4;
+--nothing:#5d5a55;--nothing-bg:#ebe9e4;--near:#2f5f8f;--near-bg:#e1ebf5;--thumb:#ebe9e4}
+@media (prefers-color-scheme:dark){:root{--bg:#171615;--card:#201f1d;--fg:#e8e5e0;--muted:#a19c95;--line:#34322f;
+--not:#f0937f;--not-bg:#3b221d;--partly:#e2b65c;--partly-bg:#372b15;--in:#7fc79a;--in-bg:#1b3124;
+--nothing:#bdb8b0;--nothing-bg:#2c2b28;--near:#8fb8e3;--near-bg:#1c2a39;--thumb:#2a2926}}
+*{box-sizing:border-box}
+body{margin:0;background:var(--bg);color:var(--fg);font:16px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,
+"Helvetica Neue",Arial,sans-serif;-webkit-text-size-adjust:100%}
+.masthead,main,footer{max-width:1200px;margin:0 auto;padding:0 24px}
+h1{font-size:1.6rem;font-weight:600;margin:32px 0 4px;letter-spacing:-.01em}
+h2{font-size:1.25rem;font-weight:600;margin:40px 0 4px;display:flex;gap:10px;align-items:baseline;flex-wrap:wrap;
+overflow-wrap:anywhere}
+h3{font-size:1rem;font-weight:600;margin:24px 0 8px;color:var(--muted)}
+section{scroll-margin-top:56px}
+.meta,.lead,footer{color:var(--muted)}
+.meta{margin:0 0 16px;overflow-wrap:anywhere}
+.hint{margin:8px 0;padding:6px 12px;border-left:3px solid var(--near);background:var(--near-bg);border-radius:4px}
+code{font:.9em ui-monospace,"SF Mono",Menlo,Consolas,monospace}
+a{color:inherit;text-decoration-color:var(--muted);text-underline-offset:2px}
+.summary{position:sticky;top:0;z-index:1;display:flex;flex-wrap:wrap;gap:8px 12px;align-items:center;
+padding:10px max(24px,calc((100% - 1152px)/2));background:var(--bg);border-bottom:1px solid var(--line);
+font-size:.95rem}
+.summary .sep{flex:1}
+.pill,.badge{display:inline-block;border-radius:999px;padding:1px 10px;font-size:.85rem;font-weight:600;
+white-space:nowrap;text-decoration:none}
+.not{--c:var(--not);--c-bg:var(--not-bg)}.partly{--c:var(--partly);--c-bg:var(--partly-bg)}
+.in{--c:var(--in);--c-bg:var(--in-bg)}.nothing{--c:var(--nothing);--c-bg:var(--nothing-bg)}
+.pill,.badge{color:var(--c);background:var(--c-bg)}
+table{border-collapse:collapse;width:100%;background:var(--card);border:1px solid var(--line);border-radius:8px;
+overflow:hidden;font-size:.95rem}
+th,td{text-align:left;padding:7px 12px;border-bottom:1px solid var(--line);vertical-align:top}
+th{font-weight:600;color:var(--muted);font-size:.85rem}
+tbody tr:last-child td{border-bottom:0}
+td.num,th.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+td.folder{overflow-wrap:anywhere}
+td.notes{color:var(--muted)}
+ul.grid,ul.pairs{list-style:none;margin:16px 0 0;padding:0;display:grid;gap:16px}
+ul.grid{grid-template-columns:repeat(auto-fill,minmax(200px,1fr))}
+ul.pairs{grid-template-columns:repeat(auto-fill,minmax(420px,1fr))}
+.tile,.pair{background:var(--card);border:1px solid var(--line);border-radius:8px;padding:10px;min-width:0}
+.tile{display:flex;flex-direction:column;gap:2px}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:10px}
+.pair figure{margin:0;min-width:0}
+.pair figcaption{display:flex;flex-direction:column;margin-top:4px}
+.pair .verdict-line{grid-column:1/-1;margin:0;font-size:.9rem;color:var(--muted)}
+.thumb{display:block;width:100%;height:auto;aspect-ratio:1;object-fit:contain;background:var(--thumb);
+border-radius:4px}
+.thumb.none{display:flex;align-items:center;justify-content:center;color:var(--muted);font-size:.85rem}
+.name{font-weight:500;overflow-wrap:anywhere;margin-top:6px;line-height:1.3}
+.pair .name{margin-top:0;font-size:.9rem}
+.side{font-size:.8rem;color:var(--muted)}
+.status{font-size:.85rem;color:var(--muted)}
+.status.near{color:var(--near)}.status.similar{color:var(--partly)}
+.tile[data-status=missing] .status{color:var(--not)}
+.reason{font-size:.8rem;color:var(--muted);overflow-wrap:anywhere}
+footer{margin:48px auto 32px;font-size:.85rem}
+"""
+
+
 # ---------------------------------------------------------------------------------------
 # Act: copy what is missing, for import
 # ---------------------------------------------------------------------------------------
@@ -2427,7 +2783,7 @@ def copy_missing(result: RunResult, target: Path, dry_run: bool = False,
     left alone. Each copy is written under a temporary name, checked against the source's
     digest, keeps the source's timestamps, and only then takes its name. Raises FatalError,
     before writing anything, for a target inside any folder either walk entered."""
-    check_copy_target(target, {"--haystack": result.haystack.scan.walked, "--needles": result.needles.scan.walked})
+    check_outside_read_folders(target, "--copy-missing", walked_folders(result))
     outcomes = []
     for rel in files_to_copy(result):
         copied = _copy_one(result.needles_root / rel, target / rel, rel, dry_run)
@@ -2436,11 +2792,16 @@ def copy_missing(result: RunResult, target: Path, dry_run: bool = False,
     return outcomes
 
 
-def check_copy_target(target: Path, walked: Mapping[str, Container[tuple[int, int]]]) -> None:
-    """Raise FatalError for a target inside a folder read (see read_folder_holding)."""
-    option = read_folder_holding(target, walked)
-    if option:
-        raise FatalError(f"--copy-missing {target} is inside {option}, which is never written to")
+def check_outside_read_folders(target: Path, option: str, walked: Mapping[str, Container[tuple[int, int]]]) -> None:
+    """Raise FatalError when what `option` would write (--copy-missing, --html) is inside a
+    folder read (see read_folder_holding): the folders read are never written to."""
+    holder = read_folder_holding(target, walked)
+    if holder:
+        raise FatalError(f"{option} {target} is inside {holder}, which is never written to")
+
+
+def walked_folders(result: RunResult) -> dict[str, Container[tuple[int, int]]]:
+    return {"--haystack": result.haystack.scan.walked, "--needles": result.needles.scan.walked}
 
 
 def _copy_one(source: Path, destination: Path, rel: str, dry_run: bool) -> Copied:
@@ -2715,6 +3076,9 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, Settings
                         help="after the report, copy every needle photo, RAW file and video with no match (and "
                              "their sidecars) into DIR, under the same paths; never overwrites")
     parser.add_argument("--dry-run", action="store_true", help="with --copy-missing: say what would be copied")
+    parser.add_argument("--html", type=Path, metavar="FILE",
+                        help="also write the report as one self-contained HTML page to FILE, with thumbnails "
+                             "of the photos not found, similar shots and near matches")
     parser.add_argument("-j", "--jobs", type=int, default=default_jobs(), metavar="N",
                         help="images decoded at once, within the shared memory budget (default: all %(default)s cores)")
     cache = parser.add_mutually_exclusive_group()
@@ -2836,11 +3200,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     show_progress = not args.quiet and sys.stderr.isatty()
     previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        if args.copy_missing:
+        writes = [(option, target) for option, target in (("--copy-missing", args.copy_missing), ("--html", args.html))
+                  if target]
+        if writes:  # refused before anything runs; checked again after the walks, which may reach further
             for option, root in (("--haystack", args.haystack), ("--needles", args.needles)):
                 check_folder(root, option)
-            check_copy_target(args.copy_missing, {"--haystack": {folder_identity(args.haystack)},
-                                                  "--needles": {folder_identity(args.needles)}})
+            roots = {"--haystack": {folder_identity(args.haystack)}, "--needles": {folder_identity(args.needles)}}
+            for option, target in writes:
+                check_outside_read_folders(target, option, roots)
         result = run(args.haystack, args.needles, settings, warn=warn,
                      progress=tqdm_progress if show_progress else no_progress)
         if not args.quiet:
@@ -2857,6 +3224,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 write_report(report)
             if any(copied.outcome == CopyOutcome.FAILED for copied in copies):
                 exit_code = EXIT_FATAL
+        if args.html:
+            write_html(result, args.html, tqdm_progress if show_progress else no_progress)
         return exit_code
     except FatalError as err:
         say(f"hash_and_search: error: {safe_name(str(err))}")
