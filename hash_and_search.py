@@ -1,19 +1,22 @@
 #!/usr/bin/env python3
 """Which folders of an old photo backup are not in my photo library yet?
 
-Every image under the haystack (the library) and under the needles (the backup) gets a
-perceptual difference hash (dHash), so that a re-encoded, resized or converted copy still
-matches where a checksum of the file would not. Needle folders whose images have no match
-in the haystack are reported.
+Every photo and RAW file under the haystack (the library) and under the needles (the backup)
+gets a perceptual difference hash (dHash), so that a re-encoded, resized or converted copy still
+matches where a checksum of the file would not; every match by hash is confirmed by aligning
+small thumbnails, so that a burst neighbour is not taken for a copy. Videos and any other file
+match a haystack file with the same bytes; sidecars are counted, never compared. Every needle
+folder gets a verdict: not in the haystack, partly, or in it (those may be let go).
 
     python hash_and_search.py --haystack ~/Pictures --needles /media/old-backup
     python hash_and_search.py -a ~/Pictures -n /media/old-backup --distance 8 --list-missing
+    python hash_and_search.py -a ~/Pictures -n /media/old-backup --html report.html --copy-missing ~/to-import
 
 Hashes are cached, so a second run over an unchanged library decodes nothing.
-Exit status: 0 every needle image matched, 1 some needle image did not, 2 usage error or
-fatal problem (a folder that does not exist or cannot be read, a report that cannot be
-written), 130 interrupted (Ctrl-C), 141 the reader of the report went away, 143 terminated
-(SIGTERM).
+Exit status: 0 every needle photo, RAW file and video matched, 1 some did not (or there was
+none), 2 usage error or fatal problem (a folder that does not exist or cannot be read, a report
+that cannot be written, a copy that failed), 130 interrupted (Ctrl-C), 141 the reader of the
+report went away, 143 terminated (SIGTERM).
 
 The pipeline, one section of this file each, top to bottom:
 
@@ -22,10 +25,13 @@ The pipeline, one section of this file each, top to bottom:
               image_header(file) -> ImageHeader: the size a decode will take, before decoding
     hash      fingerprint_pixels(pixels) -> Fingerprint: dHash in 8 orientations, a signature
     cache     HashCache: fingerprints by path, size and mtime, in SQLite
-    (all)     fingerprint_tree(scan) -> Tree: every file hashed on a thread pool, through the cache
+    (all)     fingerprint_all(files) -> fingerprints: every file on a thread pool, within one
+              memory budget, through the cache; a Tree per root
     index     HammingIndex: the hashes within a distance of a query, without a full scan
-    match     match_needles(haystack, needles) -> NeedleResult per needle; folder_verdicts
-    report    render_text(result), render_json(result), render_csv(result); render_html(result, thumbnails)
+    confirm   confirm_many(needle signatures, haystack signatures): a copy, or another shot?
+    match     match_needles(haystack, needles) -> NeedleResult per needle; find_hints; folder_verdicts
+    report    render_text, render_summary, render_json, render_csv, render_html: each takes the RunResult
+    act       copy_missing(result, folder): the unmatched files, copied for import
     run       run(haystack, needles, Settings()) -> RunResult: the whole pipeline, no printing
     command   main(): arguments in, report and exit status out
 
@@ -68,13 +74,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import BinaryIO, NoReturn, Protocol, TypeVar
 
-__version__ = "1.1.0"
+__version__ = "2.0.0"
 __all__ = [
     "run", "Settings", "RunResult", "Tree", "NeedleResult", "Match", "FolderVerdict", "Fingerprint",
     "NeedleStatus", "Verdict", "Source", "Kind", "Method", "render_text", "render_summary", "render_json",
-    "render_csv", "render_html", "make_thumbnails",
-    "find_files", "fingerprint_pixels",
-    "HammingIndex", "brute_force_search", "HashCache", "FatalError", "main",
+    "render_csv", "render_html", "make_thumbnails", "copy_missing", "CopyOutcome", "Copied", "Hint",
+    "find_files", "decode_image", "fingerprint_pixels", "match_needles", "folder_verdicts", "format_hash",
+    "ORIENTATIONS", "HammingIndex", "brute_force_search", "HashCache", "FatalError", "main",
 ]
 
 DEFAULT_HASH_SIZE = 8
