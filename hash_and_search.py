@@ -1106,10 +1106,19 @@ def _decode_within(stream: BinaryIO, extension: str, hash_size: int, haystack_by
                    want_digest: bool, budget: DecodeBudget, messages: DecoderMessages) -> tuple[Fingerprint, Source]:
     """fingerprint_file's work for a photo or RAW file: its header, then its bytes and pixels
     within a reservation of the budget, so that nothing decoded outlives the reservation."""
+    def too_large(reason: str) -> tuple[Fingerprint, Source]:
+        # Not decoded, but its digest is streamed: a byte-identical copy still matches.
+        stream.seek(0)
+        digest = hashlib.file_digest(stream, "sha256").digest() if want_digest else b""
+        return Fingerprint(digest, reason=reason), Source.DECODED
+
     header = image_header(stream, extension)
-    need = decode_need(header, os.fstat(stream.fileno()).st_size, budget.total)
+    size = os.fstat(stream.fileno()).st_size
+    need = decode_need(header, size, budget.total)
     if header is not None and need > budget.total:
-        return Fingerprint(b"", reason=too_large_reason(header, need, budget.total)), Source.DECODED
+        return too_large(too_large_reason(header, need, budget.total))
+    if size > budget.total:
+        return too_large(f"file too large: {format_bytes(size)}; the limit is {format_bytes(budget.total)}")
     with budget.reserve(need):
         data = read_bounded(stream, budget.total)
         digest = hashlib.sha256(data).digest() if want_digest else b""  # 2 ms for a 12-megapixel JPEG

@@ -299,3 +299,17 @@ def test_without_the_jpeg_xl_plugin_a_jxl_is_unreadable_with_the_reason(trees, m
     finally:
         hs._jxl_decoder.cache_clear()
     assert reasons["x/b.jxl"] == "JPEG XL needs pillow-jxl-plugin, which is not installed"
+
+
+def test_an_image_too_large_to_decode_still_matches_its_byte_identical_copy(trees) -> None:
+    from test_bad_input import png_claiming_size
+
+    haystack, needles = trees
+    bomb = png_claiming_size(60000, 60000)
+    put(haystack / "scans" / "huge.png", bomb)
+    put(needles / "x" / "huge copy.png", bomb)
+    put(needles / "x" / "other huge.png", png_claiming_size(50000, 50000))
+    result = run(haystack, needles)
+    assert methods(result)["x/huge copy.png"] == hs.Method.BYTE_IDENTICAL
+    reasons = {needle.rel: needle.reason for needle in result.results}
+    assert statuses(result)["x/other huge.png"] == STATUS.UNREADABLE and "too large" in reasons["x/other huge.png"]
