@@ -2421,7 +2421,6 @@ ThumbnailKey = tuple[str, str]
 
 THUMBNAIL_MAX_SIDE = 256  # pixels; shown in a 200-pixel box, so still sharp on a 1.25x screen
 THUMBNAIL_JPEG_QUALITY = 75  # 8.7 KiB for a 256-pixel photo on average: 5,000 make a 58 MiB page
-THUMBNAIL_MAX_FILE_BYTES = 1 << 30  # a larger file gets no thumbnail, only its name and status
 TILE = 200  # CSS pixels: the square box every thumbnail is fitted into, so nothing moves as they load
 
 UNMATCHED_NOTES = {
@@ -2495,14 +2494,18 @@ def make_thumbnails(result: RunResult, progress: Progress = no_progress) -> dict
     roots = {result.haystack.name: result.haystack_root, result.needles.name: result.needles_root}
     keys = sorted(images_to_show(result))
 
+    budget = DecodeBudget(DECODE_BUDGET_BYTES)  # the same bound on memory as hashing
+
     def thumbnail(key: ThumbnailKey) -> bytes | None:
         tree, rel = key
+        extension = os.path.splitext(rel)[1]
         try:
-            with open(roots[tree] / rel, "rb") as stream:
-                data = stream.read(THUMBNAIL_MAX_FILE_BYTES + 1)
-            if len(data) > THUMBNAIL_MAX_FILE_BYTES:
-                return None
-            return make_thumbnail(decode_image(data, os.path.splitext(rel)[1]))
+            with open_regular_file(roots[tree] / rel) as stream:
+                need = decode_need(image_header(stream, extension), os.fstat(stream.fileno()).st_size, budget.total)
+                if need > budget.total:
+                    return None
+                with budget.reserve(need):
+                    return make_thumbnail(decode_image(read_bounded(stream, budget.total), extension))
         except Exception:  # the file changed or went away since it was hashed: no picture, no end
             return None
 
@@ -2515,7 +2518,8 @@ def make_thumbnails(result: RunResult, progress: Progress = no_progress) -> dict
                     thumbnails[key] = data
                 bar.update(1)
     finally:
-        executor.shutdown(wait=True, cancel_futures=True)  # on Ctrl-C, drop the queued images
+        budget.cancel()  # on Ctrl-C, the queued images must not start decoding
+        executor.shutdown(wait=True, cancel_futures=True)
     return thumbnails
 
 
