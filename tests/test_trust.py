@@ -3,7 +3,6 @@ different shot is reported as similar, never matched; pictures with little left-
 structure are compared, not refused; and a default run says what a wider search would add."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import cv2
 import numpy as np
