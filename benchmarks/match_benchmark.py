@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import cv2
@@ -36,7 +37,7 @@ def scene(rng: np.random.Generator) -> np.ndarray:
 def tree(name: str, fingerprints: list[hs.Fingerprint]) -> hs.Tree:
     files = tuple(hs.FoundFile(f"{name}/{i}.jpg", f"{i}.jpg", hs.Kind.PHOTO, 1, 0, (hash(name), i))
                   for i in range(len(fingerprints)))
-    return hs.Tree(name, hs.Scan(files, (), ()), tuple(fingerprints), {}, 0.0)
+    return hs.Tree(name, hs.Scan(files, (), ()), tuple(fingerprints), Counter(), 0.0)
 
 
 def main() -> None:
