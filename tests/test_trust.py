@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 import hash_and_search as hs
-from conftest import read_photo, run_trees, statuses, write_image
+from conftest import PHOTOS, read_photo, run_trees, statuses, write_image
 
 
 def sunset(width: int = 800, height: int = 600) -> np.ndarray:
@@ -18,20 +18,25 @@ def sunset(width: int = 800, height: int = 600) -> np.ndarray:
 
 
 def wood(seed: int, width: int = 800, height: int = 600) -> np.ndarray:
-    """Vertical grain over a rightward brightening: a texture whose hash is all ones too."""
+    """Planks over a rightward brightening: a texture whose hash is all ones too. Its seams and
+    grain are coarse enough to show in the 36 x 36 signature; a grain finer than about 1/18 of
+    the frame averages away there, and the ramp under it is then all the tool can see."""
     rng = np.random.default_rng(seed)
-    x = np.arange(width)
-    grain = 25 * np.sin(x[None, :] / rng.uniform(3, 9) + rng.normal(0, 0.3, (height, 1)).cumsum(axis=0))
-    grey = np.clip(np.linspace(30, 200, width)[None, :] + grain, 0, 255)
-    return cv2.cvtColor(grey.astype(np.uint8), cv2.COLOR_GRAY2BGR)
+    grey = np.linspace(30, 200, width)[None, :] * np.ones((height, 1))
+    x = 0
+    while x < width:
+        grey[:, x:x + 6] -= 60
+        x += int(rng.uniform(0.08, 0.16) * width)
+    grey += 12 * np.sin(np.arange(height)[:, None] / rng.uniform(6, 12) + np.arange(width)[None, :] / 40)
+    return cv2.cvtColor(np.clip(grey, 0, 255).astype(np.uint8), cv2.COLOR_GRAY2BGR)
 
 
 def test_a_degenerate_hash_never_matches_on_the_hash_alone(trees) -> None:
     haystack, needles = trees
     write_image(haystack / "sunset.png", sunset())
-    for seed in range(3):
+    for seed in range(6):
         write_image(needles / "textures" / f"wood {seed}.png", wood(seed))
-    assert {hs.format_hash(hs.fingerprint_pixels(wood(seed), 8).hash, 8) for seed in range(3)} == {"f" * 16}
+    assert {hs.format_hash(hs.fingerprint_pixels(wood(seed), 8).hash, 8) for seed in range(6)} == {"f" * 16}
     assert hs.format_hash(hs.fingerprint_pixels(sunset(), 8).hash, 8) == "f" * 16
     for distance in (0, 8):
         result = run_trees(haystack, needles, distance=distance, rotations=True)
@@ -106,3 +111,89 @@ def test_a_default_run_says_what_a_wider_search_would_add(trees) -> None:
             f"{'have' if len(missed) > 1 else 'has'} a confirmed copy within distance 8: run with --distance 8") in text
     assert "Hint: 1 unmatched image matches when turned or mirrored: run with --rotations.\n" in text
     assert "Hint" not in hs.render_text(wide)
+
+
+def sticker(pixels: np.ndarray, share: float, corner: tuple[float, float]) -> np.ndarray:
+    """A solid round sticker covering `share` of the frame, near a corner."""
+    h, w = pixels.shape[:2]
+    marked = pixels.copy()
+    radius = int(np.sqrt(share * h * w / np.pi))
+    cv2.circle(marked, (int(corner[0] * w), int(corner[1] * h)), radius, (40, 200, 240), -1, cv2.LINE_AA)
+    return marked
+
+
+def watermark(pixels: np.ndarray) -> np.ndarray:
+    h, w = pixels.shape[:2]
+    marked = pixels.copy()
+    cv2.putText(marked, "(c) 2019 kalomi", (int(w * 0.6), int(h * 0.94)), cv2.FONT_HERSHEY_SIMPLEX, w / 1000,
+                (255, 255, 255), max(1, w // 500), cv2.LINE_AA)
+    return marked
+
+
+def subject_moved(pixels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """One frame with a solid subject of 2% of the frame in two places that do not overlap: dark
+    where both places are light, light where either is dark, so that it stands out in grey. (A
+    subject as grey as the place it moved to is a copy with one change to the signature.)"""
+    h, w = pixels.shape[:2]
+    rng = np.random.default_rng(seed)
+    radius = np.sqrt(0.02 * h * w / np.pi)
+    while True:
+        a, b = rng.uniform([radius, radius], [w - radius, h - radius], (2, 2))
+        if np.hypot(*(a - b)) > 2.2 * radius:
+            break
+    grey = cv2.cvtColor(pixels, cv2.COLOR_BGR2GRAY)
+    places = [cv2.circle(np.zeros_like(grey), (int(c[0]), int(c[1])), int(radius), 255, -1) for c in (a, b)]
+    light = min(grey[place > 0].mean() for place in places) > 110
+    colour = (20, 20, 20) if light else (235, 235, 235)
+    frames = []
+    for centre in (a, b):
+        frame = pixels.copy()
+        cv2.circle(frame, (int(centre[0]), int(centre[1])), int(radius), colour, -1, cv2.LINE_AA)
+        frames.append(frame)
+    return frames[0], frames[1]
+
+
+def jpeg(pixels: np.ndarray, quality: int = 90) -> np.ndarray:
+    return cv2.imdecode(cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])[1], cv2.IMREAD_COLOR)
+
+
+def confirmed(pairs: list[tuple[np.ndarray, np.ndarray]]) -> list[bool]:
+    prints = [(hs.fingerprint_pixels(n, 8).signature, hs.fingerprint_pixels(h, 8).signature) for n, h in pairs]
+    is_copy, _ = hs.confirm_many([n for n, _ in prints], [h for _, h in prints], [0] * len(prints))
+    return is_copy.tolist()
+
+
+def test_stickers_and_watermarks_are_copies_a_moved_subject_is_not() -> None:
+    photos = [read_photo(i, max_side=800) for i in range(len(PHOTOS))]
+    stickers = [(jpeg(sticker(p, share, corner)), p) for p in photos
+                for share, corner in ((0.004, (0.12, 0.12)), (0.008, (0.88, 0.85)))]
+    watermarks = [(jpeg(watermark(p)), p) for p in photos]
+    moved = [pair for i, p in enumerate(photos) for pair in (subject_moved(p, i), subject_moved(p, 100 + i))]
+    assert confirmed(stickers) == [True] * len(stickers)
+    assert confirmed(watermarks) == [True] * len(watermarks)
+    assert confirmed(moved) == [False] * len(moved)
+
+
+def vignette(pixels: np.ndarray, strength: float) -> np.ndarray:
+    """A warm filter with a vignette: the corners darkened by `strength`."""
+    h, w = pixels.shape[:2]
+    yy, xx = np.mgrid[0:h, 0:w]
+    r2 = (((xx - w / 2) / (w / 2)) ** 2 + ((yy - h / 2) / (h / 2)) ** 2) / 2
+    warm = pixels * np.array([0.9, 1.0, 1.08])
+    return jpeg(np.clip(warm * (1 - strength * r2)[..., None], 0, 255).astype(np.uint8))
+
+
+def test_copies_under_a_vignette_are_found_by_their_flat_hashes(trees) -> None:
+    haystack, needles = trees
+    plain_apart = []
+    for i in range(len(PHOTOS)):
+        photo = read_photo(i, max_side=800)
+        edited = vignette(photo, 0.5)
+        write_image(haystack / f"{i}.png", photo)
+        write_image(needles / "filtered" / f"{i}.jpg", edited, cv2.IMWRITE_JPEG_QUALITY, 95)
+        original, copy = hs.fingerprint_pixels(photo, 8), hs.fingerprint_pixels(edited, 8)
+        plain_apart.append((original.hash ^ copy.hash).bit_count())
+    result = run_trees(haystack, needles, distance=8)
+    assert max(plain_apart) > 8  # the plain hash alone would miss these
+    assert set(statuses(result).values()) == {"matched"}
+    assert {needle.match.path for needle in result.results} == {f"{i}.png" for i in range(len(PHOTOS))}
