@@ -457,7 +457,7 @@ class Scene:
 
 
 def scenes(half: str, photos: list[np.ndarray]) -> list[Scene]:
-    out = [Scene("photo", i, p, shot(p), photo=i) for i, p in enumerate(photos)]
+    out = [Scene("photo", SEED_BASE[half] + 5000 + i, p, shot(p), photo=i) for i, p in enumerate(photos)]
     for kind_no, (kind, make) in enumerate(KINDS.items()):
         for i in range(SYNTHETIC_PER_KIND):
             seed = SEED_BASE[half] + 100 * kind_no + i
@@ -508,8 +508,9 @@ def pairs_of(half: str, photos: list[np.ndarray]) -> list[Pair]:
 # ---------------------------------------------------------------------------------------
 
 def key_distance(needle: Print, haystack: Print, k: int) -> int:
-    """The nearer of the two index keys (dHash, and dHash turned 90°) in needle orientation k."""
-    return min(bin(a ^ b).count("1") for a, b in zip(hs.index_keys(needle.hashes, k), haystack.hashes[:2]))
+    """The nearest of the index keys (dHash, dHash turned 90°, and both of the thumbnail less its
+    smooth light) in needle orientation k: the bits apart at which find_candidates finds the pair."""
+    return min((a ^ b).bit_count() for a, b in zip(hs.index_keys(needle, k), hs.index_keys(haystack, 0)))
 
 
 def evaluate(pairs: list[Pair]) -> dict[int, list[tuple[int, bool]]]:
@@ -582,10 +583,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=Path, default=REPO / "tests" / "photos")
     parser.add_argument("--out", type=Path, help="write the report here too")
+    parser.add_argument("--seed-base", type=int, default=0,
+                        help="added to every seed: a fresh draw of scenes, edits and different shots")
     args = parser.parse_args()
+    for half in SEED_BASE:
+        SEED_BASE[half] += args.seed_base
     photos = [hs.decode_image(path.read_bytes()) for path in sorted(args.photos.glob("*.jpg"))]
     report = [f"# Hard calibration: {len(photos)} photos from {args.photos}, "
-              f"{SYNTHETIC_PER_KIND} synthetic scenes per kind and half\n"]
+              f"{SYNTHETIC_PER_KIND} synthetic scenes per kind and half"
+              + (f", seeds + {args.seed_base}" if args.seed_base else "") + "\n"]
     chosen = None
     for half, chosen_photos in (("A", photos[0::2]), ("B", photos[1::2])):
         pairs = pairs_of(half, chosen_photos)
