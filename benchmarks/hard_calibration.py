@@ -11,9 +11,10 @@ darkened to 30%, foggy low-contrast photos and horizon landscapes. Each scene is
 Every scene is paired with edited copies of its shot (must match) and with different shots
 (must not): camera moved 2-8%, a solid subject of 1.5-5% of the frame moved, another caption,
 other rows of the screen, another page, another photo of the same kind. Photos and seeds are
-split in two halves: A (even photos, seeds 0..) on which the thresholds were tuned, and B
-(odd photos, seeds 1000..) held out. The report gives, per class and per --distance, the
-share of copies matched and the different shots accepted, for both halves.
+split in two halves: A (even photos, seeds 0..) and B (odd photos, seeds 1000..); --seed-base
+draws both afresh. The report gives, per class and per --distance, the share of copies matched
+and the different shots accepted, for both halves. Which reports the thresholds were chosen on,
+and which was run once after, the README says.
 """
 from __future__ import annotations
 
@@ -596,7 +597,7 @@ def main() -> None:
     for half, chosen_photos in (("A", photos[0::2]), ("B", photos[1::2])):
         pairs = pairs_of(half, chosen_photos)
         found = evaluate(pairs)
-        label = "tuning" if half == "A" else "held out"
+        label = "even photos" if half == "A" else "odd photos"
         text_, false_accepts = tables(pairs, found, f"Half {half} ({label}): {len(pairs)} pairs")
         chosen = recommend(pairs, found) if half == "A" else chosen
         report += [text_, *(per_kind(pairs, found, d) for d in sorted({chosen, max(DISTANCES)})), ""]
