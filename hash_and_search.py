@@ -145,7 +145,8 @@ SIGNATURE_SMOOTHING = 0.375
 # nor any of the 134 made from the 46 photos nothing was tuned on (hard_calibration_46.md).
 LOW_DETAIL_MAX_SPREAD = 4.0
 # From 8 to 16 the calibration accepts no different shot that 8 does not, but the copies gained
-# are few (rescans 38% to 50-52%), and matching 20,000 x 2,000 takes 1.35 s at 8, 4.1 s at 16.
+# are few (rescans 46-50% to 54-58% on the committed photos), and matching 20,000 x 2,000 takes
+# 1.9 s at 8, 5.3 s at 16 (benchmarks/match_benchmark.py).
 RECOMMENDED_DISTANCE = 8
 
 
@@ -1788,7 +1789,7 @@ def _flip_masks(length: int, radius: int):
 # Blur before comparing, in signature pixels: what the signature's smoothing leaves of detail
 # finer than its pixels still shifts between copies framed a little differently. Chosen with
 # SIGNATURE_SMOOTHING on the committed photos' calibration at distance 8: 0.4 matched 96% of
-# crops and straightenings, 0.45 97%, 0.5 and more accepted a third caption (of 8).
+# crops and straightenings, 0.45 97%; 0.5 accepted a third other caption of 8 there.
 COMPARE_BLUR = 0.45
 # Gauss-Newton steps of the alignment: shifts up to 3 px (8% of the frame) converge in 5, and
 # the robust steps after ROBUST_FROM_STEP need a few more.
