@@ -1059,12 +1059,13 @@ class Fingerprint:
 
 
 def fingerprint_pixels(pixels, hash_size: int) -> Fingerprint:
-    """Hashes in every orientation and the signature, all from one exact thumbnail whose
-    side, hash_size * (hash_size + 1), splits into whole blocks both ways: a block grid of
+    """Hashes in every orientation and the signature, all from one exact grid of means: the
+    signature from it whole, the hashes from the thumbnail of its 2 x 2 blocks, whose side,
+    hash_size * (hash_size + 1), splits into whole blocks both ways: a block grid of
     hash_size + 1 columns and hash_size rows is the dHash grid, turned or not."""
     grey = to_grey(pixels)
     side = hash_size * (hash_size + 1)
-    fine = area_sums(grey, 2 * side, 2 * side)  # the signature's source: its 2 x 2 blocks are the thumbnail's cells
+    fine = area_sums(grey, 2 * side, 2 * side)
     thumbnail = block_sums(fine, side, side)
     flat = without_smooth_light(thumbnail.astype(_np().float64))
     hashes, flat_hashes = (tuple(dhash(block_sums(orient(square, k), hash_size + 1, hash_size))
@@ -1851,15 +1852,15 @@ SIMILAR_MIN_CORRELATION = 0.8
 # pair, this test microseconds. On the tuning half of benchmarks/hard_calibration.py the copies
 # 2.0's alignment accepted correlate 0.76 and more (1st percentile 0.90) ...
 PREFILTER_MIN_CORRELATION = 0.7
-# ... blurred by this much, more than for the comparison: unaligned, the finer detail that
-# COMPARE_BLUR keeps decorrelates a burst neighbour 4% away (0.67 instead of 0.74), which is
-# then no longer aligned, nor reported as similar.
-PREFILTER_BLUR = 0.7
 # ... but a strong vignette can leave a copy at -0.45: with their smooth light taken out, the
 # signatures of the vignette copies that correlate less than the above correlate 0.970 and
 # more (both calibration sets). Smooth fields of other scenes often reach 0.7 that way, so
 # this second way in is narrower: at 0.7 it let 1,644 more pairs of the matching benchmark in.
 PREFILTER_MIN_FLAT_CORRELATION = 0.9
+# Both correlations are taken on signatures blurred by this much, more than for the comparison:
+# unaligned, the finer detail that COMPARE_BLUR keeps decorrelates a burst neighbour 4% away
+# (0.67 instead of 0.74), which would then be neither aligned nor reported as similar.
+PREFILTER_BLUR = 0.7
 
 # A pair's alignment stops when its step moves no pixel by more than this (copies take 2 or 3).
 ALIGN_CONVERGED = 0.01
