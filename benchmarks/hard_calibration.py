@@ -465,20 +465,33 @@ def scenes(half: str, photos: list[np.ndarray]) -> list[Scene]:
             photo_no = i % len(photos) if kind in FROM_PHOTO else None
             photo = photos[i % len(photos)]
             if kind in GRAPHICS:
-                keyword = {"meme": "caption_seed", "settings": "rows_seed"}.get(kind, "page_seed")
-                canvas = make(np.random.default_rng(seed), photo, **{keyword: seed * 7 + 1})
-                other = (lambda make=make, seed=seed, photo=photo, keyword=keyword:
-                         make(np.random.default_rng(seed), photo, **{keyword: seed * 7 + 2}))
-                out.append(Scene(kind, seed, canvas, canvas, other, photo_no))
+                out.append(graphic_scene(kind, seed, photo, photo_no))
             else:
                 canvas = make(np.random.default_rng(seed), photo)
                 out.append(Scene(kind, seed, canvas, shot(canvas), photo=photo_no))
     return out
 
 
-def pairs_of(half: str, photos: list[np.ndarray]) -> list[Pair]:
+def graphic_scene(kind: str, seed: int, photo: np.ndarray, photo_no: int | None) -> Scene:
+    """A graphic (whole, never framed) and the same template with other content."""
+    make = KINDS[kind]
+    keyword = {"meme": "caption_seed", "settings": "rows_seed"}.get(kind, "page_seed")
+    canvas = make(np.random.default_rng(seed), photo, **{keyword: seed * 7 + 1})
+    return Scene(kind, seed, canvas, canvas,
+                 lambda: make(np.random.default_rng(seed), photo, **{keyword: seed * 7 + 2}), photo_no)
+
+
+def graphic_scenes(half: str, photos: list[np.ndarray], per_photo: int) -> list[Scene]:
+    """Graphics only, many of them: each photo `per_photo` times as the template of a meme (and
+    the backdrop of a settings screen, a slide, a page), so that the classes "other caption",
+    "other rows" and "other page" are counted on more than a few pairs each."""
+    return [graphic_scene(kind, SEED_BASE[half] + 50000 + 1000 * kind_no + per_photo * i + j, photo,
+                          i if kind in FROM_PHOTO else None)
+            for kind_no, kind in enumerate(GRAPHICS) for i, photo in enumerate(photos) for j in range(per_photo)]
+
+
+def pairs_of(half: str, all_scenes: list[Scene]) -> list[Pair]:
     pairs: list[Pair] = []
-    all_scenes = scenes(half, photos)
     prints = [fingerprint(s.frame) for s in all_scenes]
     for scene, original in zip(all_scenes, prints):
         rng = np.random.default_rng(scene.seed + 7919)
@@ -586,16 +599,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the report here too")
     parser.add_argument("--seed-base", type=int, default=0,
                         help="added to every seed: a fresh draw of scenes, edits and different shots")
+    parser.add_argument("--graphics", type=int, metavar="N", default=0,
+                        help="graphics only: each photo N times as a meme template, screen, slide and page")
     args = parser.parse_args()
     for half in SEED_BASE:
         SEED_BASE[half] += args.seed_base
     photos = [hs.decode_image(path.read_bytes()) for path in sorted(args.photos.glob("*.jpg"))]
     report = [f"# Hard calibration: {len(photos)} photos from {args.photos}, "
-              f"{SYNTHETIC_PER_KIND} synthetic scenes per kind and half"
+              + (f"graphics only, {args.graphics} of each kind per photo" if args.graphics
+                 else f"{SYNTHETIC_PER_KIND} synthetic scenes per kind and half")
               + (f", seeds + {args.seed_base}" if args.seed_base else "") + "\n"]
     chosen = None
     for half, chosen_photos in (("A", photos[0::2]), ("B", photos[1::2])):
-        pairs = pairs_of(half, chosen_photos)
+        pairs = pairs_of(half, graphic_scenes(half, chosen_photos, args.graphics) if args.graphics
+                         else scenes(half, chosen_photos))
         found = evaluate(pairs)
         label = "even photos" if half == "A" else "odd photos"
         text_, false_accepts = tables(pairs, found, f"Half {half} ({label}): {len(pairs)} pairs")
