@@ -2058,7 +2058,7 @@ def _confirm_aligned(N, H):
     np = _np()
     params, Nw, inside, tone = align(N, H)
     shares = inside.mean(axis=(1, 2))
-    residual = _less_clipping(np.where(inside, Nw - tone, 0), Nw, inside)
+    residual = _residual(Nw, tone, inside)
     spread = np.nanmedian(np.where(inside, np.abs(residual), np.nan).reshape(len(N), -1), axis=1) * 1.4826
     detail = np.sqrt((without_smooth_light(H) ** 2).mean(axis=(1, 2)))
     fitted = ((np.abs(params[:, 2:4]) <= MAX_SCALE_CHANGE).all(axis=1) & (np.abs(params[:, 4]) <= MAX_ROTATION)
@@ -2077,15 +2077,15 @@ def _confirm_aligned(N, H):
     return is_copy, np.where(fitted, similarity, 0.0)
 
 
-def _less_clipping(residual, Nw, inside):
-    """The residual, less what clipping the needle's darkest and lightest levels explains."""
+def _residual(Nw, tone, inside):
+    """What the fitted tone leaves of the aligned needle on its frame, less what clipping the
+    needle's darkest and lightest levels explains (CLIP_MARGIN)."""
     np = _np()
     top = np.where(inside, Nw, Nw.min(axis=(1, 2), keepdims=True)).max(axis=(1, 2), keepdims=True)
     bottom = np.where(inside, Nw, Nw.max(axis=(1, 2), keepdims=True)).min(axis=(1, 2), keepdims=True)
     margin = CLIP_MARGIN * (top - bottom)
-    tone = Nw - residual
     clipped = ((Nw >= top - margin) & (tone > top)) | ((Nw <= bottom + margin) & (tone < bottom))
-    return np.where(clipped, 0, residual)
+    return np.where(inside & ~clipped, Nw - tone, 0)
 
 
 def _changed_share(residual, inside):
