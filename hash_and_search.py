@@ -1845,17 +1845,6 @@ MAX_BLOB_SHARE = 0.014
 # any residual of the clipped sign near the extremes (not only a tone beyond them) let one more
 # dark subject of 184 moved onto a dark place through.
 CLIP_MARGIN = 0.1
-# A frame that overshoots may only have wandered: along a direction in which the picture has
-# no structure (a horizon's width, a plank's length) the fit cannot place the shift, and
-# rescans wandered up to 1.4 pixels (3.7%). Such a pair is fitted again, held to the nearest
-# frames that nest, and that fit is taken when its residual is at most MAX_NESTING_RISE times
-# the free fit's (on both calibration sets: copies 1.06 at the most; a camera moved 2% or more
-# 1.27 at the least) and the picture's structure runs mostly one way (_isotropy at most
-# NESTING_MAX_ISOTROPY: such copies 0.18 at the most but one night rescan at 0.32; unrelated
-# smooth colour fields of benchmarks/match_benchmark.py that would then pass, 0.46 and 0.67).
-MAX_NESTING_RISE = 1.15
-NESTING_MAX_ISOTROPY = 0.3
-FRAME_HOLD = 1e5  # the weight that holds a frame: it then moves by well under 0.01 pixel
 # The typical residual (its robust spread, blind to a sticker) of a copy is small next to the
 # haystack image's own detail (what its smooth light leaves, in standard deviations): at most
 # 0.47 of it over the copies of both calibration sets, whose images all have 0.22 or more. An
@@ -1965,14 +1954,12 @@ def _tone_terms(H):
     return [H, ones, H * r2, r2 * ones]
 
 
-def align(N, H, frame=None):
+def align(N, H):
     """Fit N(warp(p)) ~ tone(H), warp = shift, scale per axis, rotation about the centre, tone =
     _tone_terms weighted: Gauss-Newton with the mean of both images' gradients (ESM), all pairs
     at once, each until its step is below ALIGN_CONVERGED; robust (Tukey) from ROBUST_FROM_STEP.
-    With a frame (each pair's shift and scale), the fit starts there and holds it (FRAME_HOLD),
-    fitting only rotation and tone. Returns the parameters (dx, dy, sx, sy, angle, then the
-    tone's), N warped onto H, where the warped N lies on the needle's frame, and the fitted tone
-    of H."""
+    Returns the parameters (dx, dy, sx, sy, angle, then the tone's), N warped onto H, where the
+    warped N lies on the needle's frame, and the fitted tone of H."""
     np = _np()
     count, side = len(N), SIGNATURE_SIDE
     _, _, u, v = _grid()
@@ -1980,12 +1967,8 @@ def align(N, H, frame=None):
     size = GEOMETRY + terms.shape[1]
     params = np.zeros((count, size), np.float32)
     params[:, GEOMETRY] = 1  # the gain
-    prior = np.zeros((count, size), np.float32)
-    prior[:, 2:GEOMETRY] = SCALE_PRIOR
-    centre = np.zeros((count, size), np.float32)
-    if frame is not None:
-        params[:, :4] = centre[:, :4] = frame
-        prior[:, :4] = FRAME_HOLD
+    prior = np.zeros(size, np.float32)
+    prior[2:GEOMETRY] = SCALE_PRIOR
     gHy, gHx = np.gradient(H, axis=(1, 2))
     active = np.arange(count)
     for step_number in range(ALIGN_STEPS):
@@ -2004,9 +1987,8 @@ def align(N, H, frame=None):
         Jw = J * weight.reshape(len(active), 1, -1)
         A = Jw @ J.transpose(0, 2, 1)
         A += np.eye(size, dtype=np.float32) * (1e-6 * A.trace(axis1=1, axis2=2)[:, None, None] + 1e-6)
-        A += prior[active, :, None] * np.eye(size, dtype=np.float32)
-        step = np.linalg.solve(A, -(Jw @ error.reshape(len(active), -1, 1))
-                               - (prior[active] * (p - centre[active]))[..., None])[..., 0]
+        A += np.diag(prior)
+        step = np.linalg.solve(A, -(Jw @ error.reshape(len(active), -1, 1)) - (prior * p)[..., None])[..., 0]
         params[active] += step
         # Shift in pixels; scale and rotation as the pixels they move at the frame's edge.
         moved = np.maximum(np.abs(step[:, :2]).max(axis=1), np.abs(step[:, 2:GEOMETRY]).max(axis=1) * side / 2)
@@ -2074,12 +2056,13 @@ def confirm_many(needles: Sequence[bytes], haystacks: Sequence[bytes], orientati
 
 def _confirm_aligned(N, H):
     np = _np()
-    params, Nw, inside, tone = _nested_where_as_good(N, H, *align(N, H))
+    params, Nw, inside, tone = align(N, H)
     shares = inside.mean(axis=(1, 2))
     residual = _residual(Nw, tone, inside)
     spread = np.nanmedian(np.where(inside, np.abs(residual), np.nan).reshape(len(N), -1), axis=1) * 1.4826
     detail = np.sqrt((without_smooth_light(H) ** 2).mean(axis=(1, 2)))
-    fitted = _fitted(params, shares)
+    fitted = ((np.abs(params[:, 2:4]) <= MAX_SCALE_CHANGE).all(axis=1) & (np.abs(params[:, 4]) <= MAX_ROTATION)
+              & (params[:, GEOMETRY] > 0) & (shares >= MIN_OVERLAP))
     is_copy = (fitted & (_overshoot(params) <= MAX_OVERSHOOT)
                & (spread <= MAX_UNEXPLAINED * detail + UNEXPLAINED_FLOOR)
                & (_changed_share(residual, inside) <= MAX_CHANGED_SHARE))
@@ -2092,57 +2075,6 @@ def _confirm_aligned(N, H):
     n, h = n * inside, h * inside
     similarity = (n * h).sum(axis=(1, 2)) / np.sqrt((n * n).sum(axis=(1, 2)) * (h * h).sum(axis=(1, 2)) + 1e-9)
     return is_copy, np.where(fitted, similarity, 0.0)
-
-
-def _fitted(params, shares):
-    """Whether each alignment lies within a copy's limits of scale, rotation, gain and overlap."""
-    np = _np()
-    return ((np.abs(params[:, 2:4]) <= MAX_SCALE_CHANGE).all(axis=1) & (np.abs(params[:, 4]) <= MAX_ROTATION)
-            & (params[:, GEOMETRY] > 0) & (shares >= MIN_OVERLAP))
-
-
-def _nested_where_as_good(N, H, params, Nw, inside, tone):
-    """The alignment, except where its frames overshoot and a fit held to the nearest frames
-    that nest explains the needle about as well (its residual at most MAX_NESTING_RISE times
-    as large): then that fit. Along a direction in which the picture has no structure (a
-    horizon's width, a plank's length) the shift is free to wander past the nesting limit; a
-    camera that moved leaves structure that only the move explains."""
-    np = _np()
-    wanders = np.flatnonzero(_fitted(params, inside.mean(axis=(1, 2))) & (_overshoot(params) > MAX_OVERSHOOT)
-                             & (_isotropy(H) <= NESTING_MAX_ISOTROPY))
-    if not len(wanders):
-        return params, Nw, inside, tone
-    held = align(N[wanders], H[wanders], frame=_nested_frame(params[wanders]))
-    rise = _rms(*held[1:]) / np.maximum(_rms(Nw[wanders], inside[wanders], tone[wanders]), 1e-6)
-    take = wanders[rise <= MAX_NESTING_RISE]
-    params, Nw, inside, tone = (x.copy() for x in (params, Nw, inside, tone))
-    for whole, part in zip((params, Nw, inside, tone), held):
-        whole[take] = part[rise <= MAX_NESTING_RISE]
-    return params, Nw, inside, tone
-
-
-def _nested_frame(params):
-    """The shift and scale of each alignment, the shift moved to the nearest at which the two
-    frames nest: the needle's frame is centred within half the difference of the widths."""
-    np = _np()
-    scale = params[:, 2:4]
-    limit = SIGNATURE_SIDE * np.abs(scale) / 2
-    return np.concatenate([np.clip(params[:, :2], -limit, limit), scale], axis=1)
-
-
-def _isotropy(H):
-    """How evenly the structure of each image runs in all directions: the smaller eigenvalue of
-    its gradients' moment matrix over the larger. 0 for a perfect horizon, 1 for round blobs."""
-    np = _np()
-    gy, gx = np.gradient(H, axis=(1, 2))
-    xx, xy, yy = ((a * b).sum(axis=(1, 2)) for a, b in ((gx, gx), (gx, gy), (gy, gy)))
-    half_sum, gap = (xx + yy) / 2, np.sqrt(((xx - yy) / 2) ** 2 + xy * xy)
-    return (half_sum - gap) / np.maximum(half_sum + gap, 1e-9)
-
-
-def _rms(Nw, inside, tone):
-    np = _np()
-    return np.sqrt((np.where(inside, Nw - tone, 0) ** 2).sum(axis=(1, 2)) / inside.sum(axis=(1, 2)).clip(1))
 
 
 def _residual(Nw, tone, inside):
