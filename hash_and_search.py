@@ -1896,15 +1896,23 @@ def _stack(signatures, orientations):
                      for s, k in zip(signatures, orientations)]).astype(np.float32)
 
 
-def _blur(x, sigma: float):
+def _each_image(x, reach: int, image_filter):
+    """A 2-D OpenCV filter that reaches `reach` pixels, applied to each image of a stack with
+    its edges replicated: the images, each padded, are filtered as one tall image, so that the
+    loops run in OpenCV (4 to 5 times as fast as in numpy for a chunk of 200 signatures)."""
     np = _np()
+    count, height, width = x.shape
+    tall = np.pad(x, ((0, 0), (reach, reach), (reach, reach)), mode="edge")
+    filtered = image_filter(tall.reshape(count * (height + 2 * reach), width + 2 * reach))
+    return filtered.reshape(tall.shape)[:, reach:-reach, reach:-reach]
+
+
+def _blur(x, sigma: float):
+    np, cv2 = _np(), _cv2()
     r = int(np.ceil(2.5 * sigma))
     k = np.exp(-0.5 * (np.arange(-r, r + 1) / sigma) ** 2).astype(np.float32)
     k /= k.sum()
-    for axis in (1, 2):
-        padded = np.pad(x, [(0, 0)] + [(r, r) if a == axis else (0, 0) for a in (1, 2)], mode="edge")
-        x = sum(k[i] * padded.take(range(i, i + SIGNATURE_SIDE), axis=axis) for i in range(2 * r + 1))
-    return x
+    return _each_image(x, r, lambda tall: cv2.sepFilter2D(tall, -1, k, k))
 
 
 def _standardise(x):
@@ -1933,10 +1941,7 @@ def _sample(images, X, Y):
 
 def _box(x, r: int):
     """Means over (2r+1)-square windows, edges replicated."""
-    np = _np()
-    w = 2 * r + 1
-    p = np.pad(x, ((0, 0), (r + 1, r), (r + 1, r)), mode="edge").cumsum(1).cumsum(2)
-    return (p[:, w:, w:] - p[:, :-w, w:] - p[:, w:, :-w] + p[:, :-w, :-w]) / (w * w)
+    return _each_image(x, r, lambda tall: _cv2().blur(tall, (2 * r + 1, 2 * r + 1)))
 
 
 GEOMETRY = 5  # the first parameters: shift x and y, scale x and y, rotation
