@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import BinaryIO, NoReturn, Protocol, TypeVar
 
-__version__ = "2.3.0"
+__version__ = "2.4.0"
 __all__ = [
     "run", "Settings", "RunResult", "Tree", "NeedleResult", "Match", "FolderVerdict", "Fingerprint",
     "NeedleStatus", "Verdict", "Source", "Kind", "Method", "render_text", "render_summary", "render_json",
@@ -1830,7 +1830,12 @@ MAX_CHANGED_SHARE = 0.007
 # Second, blobs: each region that stands out (by BLOB_SEED deviations and BLOB_SEED_SPREADS
 # robust spreads of the residual) is measured at half its own peak, so that its area is the
 # area that changed, whatever its contrast. A residual that a shift of SHIFT_TOLERANCE pixels
-# explains (the resampling of a crop at sharp edges) is no change.
+# explains (the resampling of a crop at sharp edges) is no change, nor is the softening that the
+# alignment's own bilinear sampling gives the needle between pixels (_sampling_blur). That
+# second excuse, at distance 8 on the calibration's committed photos, the 46, the draw of seed
+# 70000 and 46 meme templates: crops 97, 96, 94, 96% -> 97, 96, 96, 98%, straightening 98, 98,
+# 93, 93% -> 98, 98, 94, 96%, rescans of memes 91 -> 93%, no different shot more. Excusing it in
+# the changed share too let one more dark subject of 184 moved on the 46 photos through.
 BLOB_SEED = 0.5
 BLOB_SEED_SPREADS = 6.0
 SHIFT_TOLERANCE = 0.3
@@ -2016,9 +2021,27 @@ def _hopeless(params):
 
 
 def _warp(N, params):
+    return _sample(N, *_sample_points(params))
+
+
+def _sample_points(params):
+    """Where each pixel of the haystack's frame samples the needle, in needle pixels."""
     x, y, u, v = _grid()
     dx, dy, sx, sy, angle = (params[:, i, None, None] for i in range(GEOMETRY))
-    return _sample(N, x + dx + sx * u - angle * v, y + dy + sy * v + angle * u)
+    return x + dx + sx * u - angle * v, y + dy + sy * v + angle * u
+
+
+def _sampling_blur(params, H):
+    """What bilinear sampling adds to the warped needle, predicted from the fitted tone of H: a
+    sample a share f between two pixels is their mix, which blurs by f (1 - f) pixels squared
+    along that axis, adding half that times the second difference (to second order)."""
+    np = _np()
+    X, Y = _sample_points(params)
+    share_x, share_y = X - np.floor(X), Y - np.floor(Y)
+    p = np.pad(H, ((0, 0), (1, 1), (1, 1)), mode="edge")
+    across, down = p[:, 1:-1, :-2] + p[:, 1:-1, 2:] - 2 * H, p[:, :-2, 1:-1] + p[:, 2:, 1:-1] - 2 * H
+    blur = share_x * (1 - share_x) * across + share_y * (1 - share_y) * down
+    return params[:, GEOMETRY, None, None] * blur / 2
 
 
 def _overshoot(params):
@@ -2072,7 +2095,7 @@ def _confirm_aligned(N, H):
                & (spread <= MAX_UNEXPLAINED * detail + UNEXPLAINED_FLOOR)
                & (_changed_share(residual, inside) <= MAX_CHANGED_SHARE))
     if is_copy.any():  # the blob test is the slowest: only for what passed the others
-        is_copy[is_copy] = _blob_share(residual[is_copy], inside[is_copy], H[is_copy], params[is_copy, GEOMETRY],
+        is_copy[is_copy] = _blob_share(residual[is_copy], inside[is_copy], H[is_copy], params[is_copy],
                                        spread[is_copy]) <= MAX_BLOB_SHARE
     n, h = np.where(inside, Nw, 0), np.where(inside, H, 0)
     n = n - n.sum(axis=(1, 2), keepdims=True) / inside.sum(axis=(1, 2), keepdims=True).clip(1)
@@ -2103,15 +2126,16 @@ def _changed_share(residual, inside):
     return (change > np.maximum(CHANGE_MIN_DEVIATIONS, largest / 2)).mean(axis=(1, 2))
 
 
-def _blob_share(residual, inside, H, gains, spread):
+def _blob_share(residual, inside, H, params, spread):
     """Share of the frame in changed blobs, each measured at half its own peak, on the residual
-    less what a shift of SHIFT_TOLERANCE pixels in any direction would explain."""
+    less what a shift of SHIFT_TOLERANCE pixels in any direction, or the sampling's own blur,
+    would explain."""
     np, cv2 = _np(), _cv2()
     seeds = np.maximum(BLOB_SEED, BLOB_SEED_SPREADS * spread)
     gHy, gHx = np.gradient(H, axis=(1, 2))
-    tolerant = np.abs(residual)
-    for dx, dy in ((1, 0), (-1, 0), (0, 1), (0, -1)):
-        moved = gains[:, None, None] * SHIFT_TOLERANCE * (dx * gHx + dy * gHy)
+    tolerant = np.abs(residual - _sampling_blur(params, H))
+    for dx, dy in ((0, 0), (1, 0), (-1, 0), (0, 1), (0, -1)):
+        moved = params[:, GEOMETRY, None, None] * SHIFT_TOLERANCE * (dx * gHx + dy * gHy)
         tolerant = np.minimum(tolerant, np.abs(residual - moved))
     tolerant *= inside
     shares = np.zeros(len(residual))

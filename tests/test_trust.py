@@ -285,3 +285,38 @@ def test_an_auto_contrasted_copy_whose_extremes_were_clipped_is_a_copy() -> None
         stretched = ImageOps.autocontrast(Image.fromarray(cv2.cvtColor(base, cv2.COLOR_BGR2RGB)), cutoff=2)
         pairs.append((jpeg(cv2.cvtColor(np.asarray(stretched), cv2.COLOR_RGB2BGR)), base))
     assert sum(confirmed(pairs)) == len(pairs) == 8
+
+
+def meme(photo: np.ndarray, seed: int) -> np.ndarray:
+    """The photo, square, under a caption of 2 to 4 words and over another: white capitals with
+    a black outline."""
+    rng = np.random.default_rng(seed)
+    h, w = photo.shape[:2]
+    side = min(h, w)
+    image = cv2.resize(photo[(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2], (700, 700),
+                       interpolation=cv2.INTER_AREA)
+    for y in (77, 665):
+        caption = " ".join("".join(rng.choice(list("ABDEIKLMNOPRSTU"), int(rng.integers(2, 8))))
+                           for _ in range(int(rng.integers(2, 5))))
+        scale = min(2.2, 630 / (len(caption) * 20 + 1))
+        width = cv2.getTextSize(caption, cv2.FONT_HERSHEY_DUPLEX, scale, 5)[0][0]
+        for colour, thickness in (((0, 0, 0), 9), ((255, 255, 255), 3)):
+            cv2.putText(image, caption, ((700 - width) // 2, y), cv2.FONT_HERSHEY_DUPLEX, scale, colour, thickness,
+                        cv2.LINE_AA)
+    return image
+
+
+def test_a_crop_or_straightening_of_thin_lines_on_a_smooth_sky_is_a_copy() -> None:
+    """Thin towers against a night sky (photo 6), under captions: where the alignment samples
+    the needle between pixels it blurs it, and at a thin line that blur stood out as a changed
+    blob. The blob test now excuses the blur its own sampling makes: 49 of these 60 copies are
+    confirmed (2.3.0: 45); the other 11 still show changed pixels along the towers."""
+    rng = np.random.default_rng(4)
+    pairs = []
+    for seed in range(30):
+        image = meme(read_photo(6), seed)
+        turned = cv2.warpAffine(image, cv2.getRotationMatrix2D((350, 350), float(rng.uniform(0.3, 1.0)), 1.0),
+                                (700, 700), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        pairs += [(jpeg(crop_sides(image, *rng.uniform(0, 0.02, 4))), image),
+                  (jpeg(crop_sides(turned, *rng.uniform(0.012, 0.02, 4))), image)]
+    assert sum(confirmed(pairs)) == 49
