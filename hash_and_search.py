@@ -2036,7 +2036,7 @@ def _sampling_blur(params, H):
     sample a share f between two pixels is their mix, which blurs by f (1 - f) pixels squared
     along that axis, adding half that times the second difference (to second order)."""
     np = _np()
-    X, Y = _sample_points(params)
+    X, Y = (np.clip(a, 0, SIGNATURE_SIDE - 1.001) for a in _sample_points(params))  # as _sample does
     share_x, share_y = X - np.floor(X), Y - np.floor(Y)
     p = np.pad(H, ((0, 0), (1, 1), (1, 1)), mode="edge")
     across, down = p[:, 1:-1, :-2] + p[:, 1:-1, 2:] - 2 * H, p[:, :-2, 1:-1] + p[:, 2:, 1:-1] - 2 * H
