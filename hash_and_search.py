@@ -2032,7 +2032,7 @@ def _sample_points(params):
 
 
 def _sampling_blur(params, H):
-    """What bilinear sampling adds to the warped needle, predicted from the fitted tone of H: a
+    """What bilinear sampling adds to the warped needle, predicted from H and the fitted gain: a
     sample a share f between two pixels is their mix, which blurs by f (1 - f) pixels squared
     along that axis, adding half that times the second difference (to second order)."""
     np = _np()
