@@ -123,7 +123,7 @@ def wood(rng, photo):
     x = 0
     while x < w:
         pw = int(rng.uniform(0.08, 0.16) * w)
-        yy, xx = np.mgrid[0:h, 0:pw].astype(np.float32)
+        xx = np.mgrid[0:h, 0:pw][1].astype(np.float32)
         warp = smooth_noise(rng, h, pw, 3) * rng.uniform(4, 10)
         grain = np.sin((xx + warp) / rng.uniform(2.5, 5) + rng.uniform(0, 6)) * 18
         img[:, x:x + pw] = (rng.uniform(110, 170) + grain + smooth_noise(rng, h, pw, 2) * 6)[:, :w - x]
@@ -546,7 +546,7 @@ def accepted(found: list[tuple[int, bool]], distance: int) -> bool:
     return any(d <= distance and ok for d, ok in found)
 
 
-def tables(pairs: list[Pair], found, title: str) -> tuple[str, dict[int, int]]:
+def tables(pairs: list[Pair], found, title: str) -> str:
     by_class: dict[tuple[bool, str], list[int]] = defaultdict(list)
     for i, p in enumerate(pairs):
         by_class[(p.must_match, p.name)].append(i)
@@ -557,14 +557,11 @@ def tables(pairs: list[Pair], found, title: str) -> tuple[str, dict[int, int]]:
             lines.append(f"| {name} | {len(members)} | " + " | ".join(
                 f"{sum(accepted(found[i], d) for i in members) / len(members):.0%}" for d in DISTANCES) + " |")
     lines += ["", "Different shots accepted (count; must be 0):\n", head]
-    false_accepts = defaultdict(int)
     for (must, name), members in sorted(by_class.items()):
         if not must:
             counts = [sum(accepted(found[i], d) for i in members) for d in DISTANCES]
-            for d, c in zip(DISTANCES, counts):
-                false_accepts[d] += c
             lines.append(f"| {name} | {len(members)} | " + " | ".join(map(str, counts)) + " |")
-    return "\n".join(lines), false_accepts
+    return "\n".join(lines)
 
 
 def per_kind(pairs: list[Pair], found, distance: int) -> str:
@@ -615,7 +612,7 @@ def main() -> None:
                          else scenes(half, chosen_photos))
         found = evaluate(pairs)
         label = "even photos" if half == "A" else "odd photos"
-        text_, false_accepts = tables(pairs, found, f"Half {half} ({label}): {len(pairs)} pairs")
+        text_ = tables(pairs, found, f"Half {half} ({label}): {len(pairs)} pairs")
         chosen = recommend(pairs, found) if half == "A" else chosen
         report += [text_, *(per_kind(pairs, found, d) for d in sorted({chosen, max(DISTANCES)})), ""]
     report.append(f"Recommended --distance (from half A): {chosen}")
