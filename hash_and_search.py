@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import BinaryIO, NoReturn, Protocol, TypeVar
 
-__version__ = "2.4.0"
+__version__ = "2.5.0"
 __all__ = [
     "run", "Settings", "RunResult", "Tree", "NeedleResult", "Match", "FolderVerdict", "Fingerprint",
     "NeedleStatus", "Verdict", "Source", "Kind", "Method", "render_text", "render_summary", "render_json",
@@ -137,6 +137,20 @@ SIGNATURE_SIDE = 36
 # 96 / 98%. Chosen there with COMPARE_BLUR from 0.4 to 0.6: at 0.25 crops matched 88-95%, at
 # 0.5 watermarks 88-96%, at this 96-97% and 94-96%.
 SIGNATURE_SMOOTHING = 0.375
+# The signature also keeps the finest detail, to tell text apart: 36 x 36 pixels average a meme's
+# caption to the same grey band whatever its words (other captions on one template matched
+# 3 + 5 of 23 + 23 times in hard_calibration_graphics.md). At DETAIL_SIDE (the fine grid at hash
+# size 8) a caption's letters are about 10 pixels high. Kept: which DETAIL_CELLS of the 36 x 36
+# cells (4 x 4 fine pixels each) have the most detail, the fine grid less its Gaussian blur of
+# DETAIL_BLUR pixels, and the sign of that detail in each of their pixels: 546 bytes, so
+# 1,842 with the thumbnail. Chosen with the confirmation's DETAIL_ limits on 46 meme templates and
+# the committed photos' calibration (pickled pairs with their fine grids), on the other captions
+# and copies that the thumbnail alone accepts at distance 8: a blur of 2 pixels turned down 5
+# crops and straightenings of slides, 4 turned down 2 of 6 captions, 3 all 6 and one
+# straightened slide; 256 cells instead of 192 turned down 4 copies.
+DETAIL_SIDE = 144
+DETAIL_BLUR = 3.0
+DETAIL_CELLS = 192
 # Below this spread of the signature's levels (1st to 99th percentile of its cells, in grey
 # levels of the decoded image) a frame has nothing a person can see: a uniform colour, a black
 # frame. Direction-free, unlike a test of left-right steps that refused horizons. The flattest
@@ -1012,10 +1026,48 @@ def signature_cells(means):
     return cv2.resize(smooth, (SIGNATURE_SIDE, SIGNATURE_SIDE), interpolation=cv2.INTER_AREA)
 
 
-def make_signature(cells) -> bytes:
+def make_signature(cells, means) -> bytes:
+    """The thumbnail, stretched to 0..255, then detail_signs of the fine grid's means."""
     np = _np()
     low, high = float(cells.min()), float(cells.max())
-    return np.rint((cells - low) * (255 / max(high - low, 1e-9))).astype(np.uint8).tobytes()
+    return np.rint((cells - low) * (255 / max(high - low, 1e-9))).astype(np.uint8).tobytes() + detail_signs(means)
+
+
+DETAIL_CELL = DETAIL_SIDE // SIGNATURE_SIDE
+
+
+def detail_signs(means) -> bytes:
+    """Which DETAIL_CELLS cells of the signature's grid hold the most fine detail (one bit per
+    cell, row by row), then the sign of the detail in each pixel of those cells, cell by cell."""
+    cv2, np = _cv2(), _np()
+    grid = means.astype(np.float32)
+    if grid.shape[0] != DETAIL_SIDE:  # another hash size
+        grid = cv2.resize(grid, (DETAIL_SIDE, DETAIL_SIDE),
+                          interpolation=cv2.INTER_AREA if grid.shape[0] > DETAIL_SIDE else cv2.INTER_LINEAR)
+    detail = grid - cv2.GaussianBlur(grid, (0, 0), DETAIL_BLUR)
+    cells = detail.reshape(SIGNATURE_SIDE, DETAIL_CELL, SIGNATURE_SIDE, DETAIL_CELL).swapaxes(1, 2).reshape(
+        SIGNATURE_SIDE ** 2, DETAIL_CELL ** 2)
+    kept = np.zeros(SIGNATURE_SIDE ** 2, bool)
+    kept[np.argsort(np.abs(cells).sum(axis=1), kind="stable")[-DETAIL_CELLS:]] = True
+    return np.packbits(kept).tobytes() + np.packbits(cells[kept] > 0).tobytes()
+
+
+@functools.cache
+def _cell_pixels():
+    """Each signature cell's pixels on the fine grid (flat positions), cell by cell."""
+    np = _np()
+    y, x = np.mgrid[0:DETAIL_CELL, 0:DETAIL_CELL]
+    row, column = np.divmod(np.arange(SIGNATURE_SIDE ** 2), SIGNATURE_SIDE)
+    return (row[:, None] * DETAIL_CELL + y.ravel()) * DETAIL_SIDE + column[:, None] * DETAIL_CELL + x.ravel()
+
+
+def unpack_detail(signature: bytes):
+    """The detail a signature keeps: the flat positions on the fine grid of its kept pixels,
+    and the sign of each (+1 or -1)."""
+    np = _np()
+    bits = np.unpackbits(np.frombuffer(signature, np.uint8, offset=SIGNATURE_SIDE ** 2))
+    kept = bits[:SIGNATURE_SIDE ** 2].astype(bool)
+    return _cell_pixels()[kept].ravel(), bits[SIGNATURE_SIDE ** 2:][:DETAIL_CELLS * DETAIL_CELL ** 2] * 2.0 - 1
 
 
 def is_low_detail(cells) -> bool:
@@ -1048,7 +1100,7 @@ class Fingerprint:
     digest: bytes  # of the file's bytes, when taken (b"" if not): finds byte-for-byte copies
     hashes: tuple[int, ...] = ()  # the dHash of the image in each of the ORIENTATIONS
     low_detail: bool = False
-    signature: bytes = b""  # a SIGNATURE_SIDE-square greyscale thumbnail, to confirm matches
+    signature: bytes = b""  # a SIGNATURE_SIDE-square greyscale thumbnail and its fine detail, to confirm matches
     reason: str | None = None  # why the file could not be hashed
     damage: str | None = None  # what the decoder said of a damaged image it still decoded ("": not yet known)
     flat_hashes: tuple[int, ...] = ()  # the dHash, in each orientation, of the thumbnail less its smooth light
@@ -1070,8 +1122,9 @@ def fingerprint_pixels(pixels, hash_size: int) -> Fingerprint:
     flat = without_smooth_light(thumbnail.astype(_np().float64))
     hashes, flat_hashes = (tuple(dhash(block_sums(orient(square, k), hash_size + 1, hash_size))
                                  for k in range(len(ORIENTATIONS))) for square in (thumbnail, flat))
-    cells = signature_cells(fine / (grey.shape[0] * grey.shape[1]))
-    return Fingerprint(b"", hashes, is_low_detail(cells), make_signature(cells), flat_hashes=flat_hashes)
+    means = fine / (grey.shape[0] * grey.shape[1])
+    cells = signature_cells(means)
+    return Fingerprint(b"", hashes, is_low_detail(cells), make_signature(cells, means), flat_hashes=flat_hashes)
 
 
 @functools.cache
@@ -1188,8 +1241,8 @@ def _decode_within(stream: BinaryIO, extension: str, hash_size: int, haystack_by
 # ---------------------------------------------------------------------------------------
 
 # Bump when a change to decoding or hashing changes any value: older records are then ignored.
-ALGORITHM_VERSION = 4  # 2: the 36 x 36 stretched signature, low detail by the spread of levels; 3: flat hashes;
-# 4: the signature smoothed before it is shrunk (the hashes are those of 3)
+ALGORITHM_VERSION = 5  # 2: the 36 x 36 stretched signature, low detail by the spread of levels; 3: flat hashes;
+# 4: the signature smoothed before it is shrunk (the hashes are those of 3); 5: the signature keeps fine detail
 CACHE_SCHEMA_VERSION = 4  # 2: the column "error" became "reason"; 3: "damage" added; 4: "flat_hashes" added
 CACHE_BATCH = 64  # records per transaction: the most that Ctrl-C or kill -9 can lose
 CACHE_LOCK_TIMEOUT_S = 30.0  # how long to wait for another run's write to finish
@@ -1845,6 +1898,18 @@ SHIFT_TOLERANCE = 0.3
 # photos and the seed-70000 draw moved subjects reach down to 1.54% and 1.31%; the one under
 # this limit changed 1.31% of its pixels, which the changed share above turns down.
 MAX_BLOB_SHARE = 0.014
+# Last, the fine detail (DETAIL_SIDE): other captions on one template leave the thumbnail
+# alike, but not the signs of their letters' detail. In each DETAIL_BLOCK-square block of the
+# fine grid where both signatures kept at least DETAIL_MIN_KEPT of the pixels, the signs must
+# agree (as a mean of +1 and -1) by DETAIL_MIN_AGREEMENT, at the best of the needle's shifts by
+# up to one fine pixel (a crop resamples letters a few pixels high); a copy has at most
+# DETAIL_MAX_BLOCKS blocks that do not. With 0.4 two of six captions passed, with 0.6 twelve
+# copies of memes and slides failed; a sticker fails one or two blocks. See SIGNATURE_SMOOTHING's
+# neighbours for the figures.
+DETAIL_BLOCK = 16
+DETAIL_MIN_KEPT = 0.15
+DETAIL_MIN_AGREEMENT = 0.5
+DETAIL_MAX_BLOCKS = 3
 # Auto-contrast clips the darkest and lightest few percent of the pixels (PIL's cutoff of 2%),
 # which no gain and offset fits: where the needle lies within this share of its range of its
 # own darkest (lightest) level and the fitted tone lies beyond that level, the difference is
@@ -1900,7 +1965,7 @@ def _grid():
 
 def _stack(signatures, orientations):
     np = _np()
-    return np.stack([orient(np.frombuffer(s, np.uint8).reshape(SIGNATURE_SIDE, SIGNATURE_SIDE), k)
+    return np.stack([orient(np.frombuffer(s, np.uint8, SIGNATURE_SIDE ** 2).reshape(SIGNATURE_SIDE, SIGNATURE_SIDE), k)
                      for s, k in zip(signatures, orientations)]).astype(np.float32)
 
 
@@ -2081,7 +2146,10 @@ def confirm_many(needles: Sequence[bytes], haystacks: Sequence[bytes], orientati
              | ((flat_n * flat_h).mean(axis=(1, 2)) >= PREFILTER_MIN_FLAT_CORRELATION))
     if worth.any():
         N, H = (_standardise(_blur(x[worth], COMPARE_BLUR)) for x in stacks)
-        is_copy[worth], similarity[worth] = _confirm_aligned(N, H)
+        is_copy[worth], similarity[worth], params = _confirm_aligned(N, H)
+        for i, fitted in zip(np.flatnonzero(worth), params):  # the slowest test: only for what passed the others
+            if is_copy[i]:
+                is_copy[i] = _detail_agrees(needles[i], haystacks[i], orientations[i], fitted)
     return is_copy, similarity
 
 
@@ -2105,7 +2173,7 @@ def _confirm_aligned(N, H):
     h = h - h.sum(axis=(1, 2), keepdims=True) / inside.sum(axis=(1, 2), keepdims=True).clip(1)
     n, h = n * inside, h * inside
     similarity = (n * h).sum(axis=(1, 2)) / np.sqrt((n * n).sum(axis=(1, 2)) * (h * h).sum(axis=(1, 2)) + 1e-9)
-    return is_copy, np.where(fitted, similarity, 0.0)
+    return is_copy, np.where(fitted, similarity, 0.0), params
 
 
 def _residual(Nw, tone, inside):
@@ -2152,6 +2220,42 @@ def _blob_share(residual, inside, H, params, spread):
             blob_pixels += int((blob >= blob.max() / 2).sum())
         shares[i] = blob_pixels / max(int(inside[i].sum()), 1)
     return shares
+
+
+DETAIL_SHIFTS = ((0, 0), *((y, x) for y in (-1, 0, 1) for x in (-1, 0, 1) if y or x))
+
+
+def _detail_agrees(needle: bytes, haystack: bytes, orientation: int, params) -> bool:
+    """Whether at most DETAIL_MAX_BLOCKS blocks of the fine grid hold detail of both signatures
+    whose signs differ, the needle turned and warped onto the haystack by the fitted params.
+    Sampled at the haystack's kept pixels only (a seventh of the grid)."""
+    np, cv2 = _np(), _cv2()
+    where, wanted = unpack_detail(haystack)
+    ys, xs = np.divmod(where, DETAIL_SIDE)
+    per_side = DETAIL_SIDE // DETAIL_BLOCK
+    block = (ys // DETAIL_BLOCK) * per_side + xs // DETAIL_BLOCK
+    where, signs = unpack_detail(needle)
+    mine = np.zeros((DETAIL_SIDE * DETAIL_SIDE, 2), np.float32)  # the signs, and where they were kept
+    mine[where] = np.stack([signs, np.ones_like(signs)], axis=1)
+    mine = np.ascontiguousarray(orient(mine.reshape(DETAIL_SIDE, DETAIL_SIDE, 2), orientation))
+    dx, dy, sx, sy, angle = (float(a) for a in params[:GEOMETRY])
+    centre = (DETAIL_CELL - 1) / 2
+    best = np.full(per_side ** 2, -np.inf)
+    for shift_y, shift_x in DETAIL_SHIFTS:
+        x, y = (xs - shift_x - centre) / DETAIL_CELL, (ys - shift_y - centre) / DETAIL_CELL  # in signature pixels
+        u, v = x - _CENTRE, y - _CENTRE
+        X = ((x + dx + sx * u - angle * v) * DETAIL_CELL + centre).astype(np.float32)
+        Y = ((y + dy + sy * v + angle * u) * DETAIL_CELL + centre).astype(np.float32)
+        sign, kept = cv2.remap(mine, X[:, None], Y[:, None], cv2.INTER_LINEAR,
+                               borderMode=cv2.BORDER_CONSTANT)[:, 0].T
+        both = kept > 0.99
+        agree = np.bincount(block, np.where(both, wanted * sign, 0), per_side ** 2)
+        count = np.bincount(block, both, per_side ** 2)
+        best = np.maximum(best, np.where(count >= DETAIL_MIN_KEPT * DETAIL_BLOCK ** 2,
+                                         agree / np.maximum(count, 1), np.inf))
+        if (best < DETAIL_MIN_AGREEMENT).sum() <= DETAIL_MAX_BLOCKS:  # the other shifts can only agree more
+            return True
+    return False
 
 
 class NeedleStatus(Status):
