@@ -145,12 +145,14 @@ SIGNATURE_SMOOTHING = 0.375
 # DETAIL_BLUR pixels, and the sign of that detail in each of their pixels: 546 bytes, so
 # 1,842 with the thumbnail. Chosen with the confirmation's DETAIL_ limits on 46 meme templates and
 # the committed photos' calibration (pickled pairs with their fine grids), on the other captions
-# and copies that the thumbnail alone accepts at distance 8: a blur of 2 pixels turned down 5
-# crops and straightenings of slides, 4 turned down 2 of 6 captions, 3 all 6 and one
-# straightened slide; 256 cells instead of 192 turned down 4 copies.
+# and copies that the thumbnail alone accepts at distance 8: with a blur of 3 pixels all 6
+# captions were turned down and one straightened slide; with 2, five crops and straightenings
+# of slides too; with 4, 2 of the 6 captions passed; 256 cells let 1 caption pass and turned
+# down 4 copies.
 DETAIL_SIDE = 144
 DETAIL_BLUR = 3.0
 DETAIL_CELLS = 192
+DETAIL_CELL = DETAIL_SIDE // SIGNATURE_SIDE  # fine pixels a side of a signature cell
 # Below this spread of the signature's levels (1st to 99th percentile of its cells, in grey
 # levels of the decoded image) a frame has nothing a person can see: a uniform colour, a black
 # frame. Direction-free, unlike a test of left-right steps that refused horizons. The flattest
@@ -1033,9 +1035,6 @@ def make_signature(cells, means) -> bytes:
     return np.rint((cells - low) * (255 / max(high - low, 1e-9))).astype(np.uint8).tobytes() + detail_signs(means)
 
 
-DETAIL_CELL = DETAIL_SIDE // SIGNATURE_SIDE
-
-
 def detail_signs(means) -> bytes:
     """Which DETAIL_CELLS cells of the signature's grid hold the most fine detail (one bit per
     cell, row by row), then the sign of the detail in each pixel of those cells, cell by cell."""
@@ -1903,13 +1902,16 @@ MAX_BLOB_SHARE = 0.014
 # fine grid where both signatures kept at least DETAIL_MIN_KEPT of the pixels, the signs must
 # agree (as a mean of +1 and -1) by DETAIL_MIN_AGREEMENT, at the best of the needle's shifts by
 # up to one fine pixel (a crop resamples letters a few pixels high); a copy has at most
-# DETAIL_MAX_BLOCKS blocks that do not. With 0.4 two of six captions passed, with 0.6 twelve
-# copies of memes and slides failed; a sticker fails one or two blocks. See SIGNATURE_SMOOTHING's
-# neighbours for the figures.
+# DETAIL_MAX_BLOCKS blocks that do not (a sticker fails one or two). On the sets DETAIL_BLUR
+# names (6 captions the thumbnail accepts): at 0.5 and 3 blocks none passed and one copy failed;
+# at 0.4, 2 passed; at 0.5 and 2 blocks, 3 copies failed. Checked afterwards, and kept, on
+# three sets drawn with seed 90000 (12 captions the thumbnail accepts): 4 passed and 10 crops,
+# straightenings and rescans failed (mostly of slides); at 0.45, 6 and 1.
 DETAIL_BLOCK = 16
 DETAIL_MIN_KEPT = 0.15
 DETAIL_MIN_AGREEMENT = 0.5
 DETAIL_MAX_BLOCKS = 3
+DETAIL_SHIFTS = ((0, 0), *((y, x) for y in (-1, 0, 1) for x in (-1, 0, 1) if y or x))  # no shift first
 # Auto-contrast clips the darkest and lightest few percent of the pixels (PIL's cutoff of 2%),
 # which no gain and offset fits: where the needle lies within this share of its range of its
 # own darkest (lightest) level and the fitted tone lies beyond that level, the difference is
@@ -2217,9 +2219,6 @@ def _blob_share(residual, inside, H, params, spread):
             blob_pixels += int((blob >= blob.max() / 2).sum())
         shares[i] = blob_pixels / max(int(inside[i].sum()), 1)
     return shares
-
-
-DETAIL_SHIFTS = ((0, 0), *((y, x) for y in (-1, 0, 1) for x in (-1, 0, 1) if y or x))
 
 
 def _detail_agrees(needle: bytes, haystack: bytes, orientation: int, params) -> bool:
