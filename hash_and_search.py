@@ -146,8 +146,8 @@ SIGNATURE_SMOOTHING = 0.375
 # 1,842 with the thumbnail. Chosen with the confirmation's DETAIL_ limits on 46 meme templates and
 # the committed photos' calibration (pickled pairs with their fine grids), on the other captions
 # and copies that the thumbnail alone accepts at distance 8: with a blur of 3 pixels all 6
-# captions were turned down and one straightened slide; with 2, five crops and straightenings
-# of slides too; with 4, 2 of the 6 captions passed; 256 cells let 1 caption pass and turned
+# captions were turned down and one straightened slide; with 2, five copies of slides (crops,
+# straightenings, a rescan) too; with 4, 2 of the 6 captions passed; 256 cells let 1 caption pass and turned
 # down 4 copies.
 DETAIL_SIDE = 144
 DETAIL_BLUR = 3.0
@@ -1905,8 +1905,8 @@ MAX_BLOB_SHARE = 0.014
 # DETAIL_MAX_BLOCKS blocks that do not (a sticker fails one or two). On the sets DETAIL_BLUR
 # names (6 captions the thumbnail accepts): at 0.5 and 3 blocks none passed and one copy failed;
 # at 0.4, 2 passed; at 0.5 and 2 blocks, 3 copies failed. Checked afterwards, and kept, on
-# three sets drawn with seed 90000 (12 captions the thumbnail accepts): 4 passed and 10 crops,
-# straightenings and rescans failed (mostly of slides); at 0.45, 6 and 1.
+# three sets drawn with seed 90000 (12 captions the thumbnail accepts): 4 passed and 9 crops,
+# straightenings and rescans failed (6 of slides); at 0.45, 6 and 1.
 DETAIL_BLOCK = 16
 DETAIL_MIN_KEPT = 0.15
 DETAIL_MIN_AGREEMENT = 0.5
@@ -2094,7 +2094,12 @@ def _warp(N, params):
 def _sample_points(params):
     """Where each pixel of the haystack's frame samples the needle, in needle pixels."""
     x, y, u, v = _grid()
-    dx, dy, sx, sy, angle = (params[:, i, None, None] for i in range(GEOMETRY))
+    return _warped(x, y, u, v, *(params[:, i, None, None] for i in range(GEOMETRY)))
+
+
+def _warped(x, y, u, v, dx, dy, sx, sy, angle):
+    """Where the point (x, y) of the haystack's frame, (u, v) from its centre, lies in the
+    needle's: the alignment's shift, scale and rotation, in signature pixels."""
     return x + dx + sx * u - angle * v, y + dy + sy * v + angle * u
 
 
@@ -2234,14 +2239,12 @@ def _detail_agrees(needle: bytes, haystack: bytes, orientation: int, params) -> 
     mine = np.zeros((DETAIL_SIDE * DETAIL_SIDE, 2), np.float32)  # the signs, and where they were kept
     mine[where] = np.stack([signs, np.ones_like(signs)], axis=1)
     mine = np.ascontiguousarray(orient(mine.reshape(DETAIL_SIDE, DETAIL_SIDE, 2), orientation))
-    dx, dy, sx, sy, angle = (float(a) for a in params[:GEOMETRY])
     centre = (DETAIL_CELL - 1) / 2
     best = np.full(per_side ** 2, -np.inf)
     for shift_y, shift_x in DETAIL_SHIFTS:
         x, y = (xs - shift_x - centre) / DETAIL_CELL, (ys - shift_y - centre) / DETAIL_CELL  # in signature pixels
-        u, v = x - _CENTRE, y - _CENTRE
-        X = ((x + dx + sx * u - angle * v) * DETAIL_CELL + centre).astype(np.float32)
-        Y = ((y + dy + sy * v + angle * u) * DETAIL_CELL + centre).astype(np.float32)
+        X, Y = ((a * DETAIL_CELL + centre).astype(np.float32)
+                for a in _warped(x, y, x - _CENTRE, y - _CENTRE, *(float(p) for p in params[:GEOMETRY])))
         sign, kept = cv2.remap(mine, X[:, None], Y[:, None], cv2.INTER_LINEAR,
                                borderMode=cv2.BORDER_CONSTANT)[:, 0].T
         both = kept > 0.99
