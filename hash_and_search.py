@@ -2162,7 +2162,7 @@ def _confirm_aligned(N, H):
     params, Nw, inside, tone = align(N, H)
     shares = inside.mean(axis=(1, 2))
     residual = _residual(Nw, tone, inside)
-    spread = np.nanmedian(np.where(inside, np.abs(residual), np.nan).reshape(len(N), -1), axis=1) * 1.4826
+    spread = _median_inside(np.abs(residual), inside) * 1.4826
     detail = np.sqrt((without_smooth_light(H) ** 2).mean(axis=(1, 2)))
     fitted = ((np.abs(params[:, 2:4]) <= MAX_SCALE_CHANGE).all(axis=1) & (np.abs(params[:, 4]) <= MAX_ROTATION)
               & (params[:, GEOMETRY] > 0) & (shares >= MIN_OVERLAP))
@@ -2189,6 +2189,15 @@ def _residual(Nw, tone, inside):
     margin = CLIP_MARGIN * (top - bottom)
     clipped = ((Nw >= top - margin) & (tone > top)) | ((Nw <= bottom + margin) & (tone < bottom))
     return np.where(inside & ~clipped, Nw - tone, 0)
+
+
+def _median_inside(x, inside):
+    """Each image's median over its pixels inside; the same values as np.nanmedian with the
+    others NaN, which loops in Python over the images (a tenth of the confirmation's time)."""
+    np = _np()
+    ranked = np.sort(np.where(inside, x, np.inf).reshape(len(x), -1), axis=1)
+    count, rows = inside.reshape(len(x), -1).sum(axis=1), np.arange(len(x))
+    return (ranked[rows, (count - 1) // 2] + ranked[rows, count // 2]) / 2
 
 
 def _changed_share(residual, inside):
