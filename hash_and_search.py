@@ -1143,8 +1143,8 @@ def without_smooth_light(squares):
     """Each square (or a stack of them) less its least-squares fit by the smooth light: what a
     vignette, a filter's falloff or uneven lighting leave unchanged."""
     side = squares.shape[-1]
-    basis, inverse = smooth_light_basis(side)
     flat = squares.reshape(-1, side * side)
+    basis, inverse = (a.astype(flat.dtype, copy=False) for a in smooth_light_basis(side))  # float32 stacks: twice as fast
     return (flat - (flat @ inverse.T) @ basis.T).reshape(squares.shape)
 
 
@@ -2002,8 +2002,9 @@ def _sample(images, X, Y):
     side = SIGNATURE_SIDE
     inside = (X >= -0.5) & (X <= side - 0.5) & (Y >= -0.5) & (Y <= side - 0.5)
     X, Y = np.clip(X, 0, side - 1.001), np.clip(Y, 0, side - 1.001)
-    x0, y0 = X.astype(np.int32), Y.astype(np.int32)
-    fx, fy = X - x0, Y - y0
+    x0, y0 = np.floor(X), np.floor(Y)
+    fx, fy = X - x0, Y - y0  # float32 throughout: less the int32 corner, they were float64, at half the speed
+    x0, y0 = x0.astype(np.int32), y0.astype(np.int32)
     flat = images.ravel()  # one index into the whole stack: twice as fast as take_along_axis
     i00 = y0 * side + x0 + (np.arange(len(images), dtype=np.int32) * side * side)[:, None, None]
     v00, v01, v10, v11 = flat[i00], flat[i00 + 1], flat[i00 + side], flat[i00 + side + 1]
