@@ -2003,7 +2003,7 @@ def _sample(images, X, Y):
     inside = (X >= -0.5) & (X <= side - 0.5) & (Y >= -0.5) & (Y <= side - 0.5)
     X, Y = np.clip(X, 0, side - 1.001), np.clip(Y, 0, side - 1.001)
     x0, y0 = np.floor(X), np.floor(Y)
-    fx, fy = X - x0, Y - y0  # float32 throughout: less the int32 corner, they were float64, at half the speed
+    fx, fy = X - x0, Y - y0  # float32, as X is (less an int32 they were float64, and so was the whole alignment)
     x0, y0 = x0.astype(np.int32), y0.astype(np.int32)
     flat = images.ravel()  # one index into the whole stack: twice as fast as take_along_axis
     i00 = y0 * side + x0 + (np.arange(len(images), dtype=np.int32) * side * side)[:, None, None]
