@@ -162,7 +162,7 @@ DETAIL_CELL = DETAIL_SIDE // SIGNATURE_SIDE  # fine pixels a side of a signature
 LOW_DETAIL_MAX_SPREAD = 4.0
 # From 8 to 16 the calibration accepts no different shot that 8 does not, but the copies gained
 # are few (rescans 46-50% to 54-58% on the committed photos), and matching 20,000 x 2,000 takes
-# 1.9 s at 8, 5.3 s at 16 (benchmarks/match_benchmark.py).
+# 1.5 s at 8, 5.3 s at 16 (benchmarks/match_benchmark.py, version 2.5.1).
 RECOMMENDED_DISTANCE = 8
 
 
@@ -2373,8 +2373,9 @@ def find_candidates(haystack: Tree, needles: Tree, settings: Settings,
 
 
 # Candidate pairs confirmed in one batch, on one thread: the alignment's arrays then stay in the
-# processor's caches. On 2,400 pairs: 3.9 s in one batch, 2.2 s in batches of 200, 1.1 s on two
-# threads (benchmarks/match_benchmark.py has the whole search).
+# processor's caches. On 2,400 pairs (version 1.1): 3.9 s in one batch, 2.2 s in batches of 200.
+# Two threads now take as long as one (benchmarks/match_benchmark.py at distance 8, 2.5.1:
+# medians of 4, 1.62 s against 1.64 s): numpy's BLAS and OpenCV already use both cores.
 CONFIRM_CHUNK = 200
 # Candidates confirmed per needle at the most, nearest first: a degenerate hash (a sunset's all
 # ones) can have thousands, and a copy is among the nearest.
