@@ -2270,7 +2270,7 @@ def _detail_agrees(needle: bytes, haystack: bytes, orientation: int, params) -> 
 class NeedleStatus(Status):
     MATCHED = "matched", "matched"
     MISSING = "missing", "not found"
-    SIMILAR = "similar", "similar"  # near-identical to a haystack image, but another shot: not matched
+    SIMILAR = "similar", "similar"  # near-identical to a haystack image, but not confirmed as a copy: not matched
     LOW_DETAIL = "low_detail", "low detail"
     UNREADABLE = "unreadable", "unreadable"
     NOT_COMPARED = "not_compared", "not compared"  # sidecars, system files, any other file
@@ -2390,8 +2390,9 @@ def find_matches(haystack: Tree, needles: Tree, settings: Settings,
                  only: Container[int] | None = None) -> tuple[dict[int, list[Match]], dict[int, Match]]:
     """Needle position -> its confirmed copies in the haystack, nearest first (the best only,
     or every one with settings.all_matches); and, for a needle with none, the most similar
-    haystack image that is no copy: another shot of the same scene. Every match is confirmed,
-    at distance 0 too: equal hashes alone say little of a sunset gradient or a texture."""
+    haystack image that is not confirmed as a copy (most often another shot of the same scene).
+    Every match is confirmed, at distance 0 too: equal hashes alone say little of a sunset
+    gradient or a texture."""
     candidates = {n: found[:MAX_CANDIDATES_CONFIRMED]
                   for n, found in find_candidates(haystack, needles, settings, only).items()}
     rounds = [(0, MAX_CANDIDATES_CONFIRMED)] if settings.all_matches else [(0, FIRST_ROUND),
@@ -2648,7 +2649,7 @@ def needle_note(needle: NeedleResult) -> str:
     if needle.status == NeedleStatus.NOT_COMPARED:
         return f"{needle.kind.label}, not compared"
     if needle.status == NeedleStatus.SIMILAR:
-        return f"similar to {needle.similar.path} (similarity {needle.similar.similarity:.2f}), but another shot"
+        return f"similar to {needle.similar.path} (similarity {needle.similar.similarity:.2f}), not confirmed as a copy"
     return f"{needle.status.label}: {needle.reason}"
 
 

@@ -100,7 +100,9 @@ def test_a_burst_neighbour_is_similar_never_matched_and_its_folder_never_in(tree
     needle = result.results[0]
     assert needle.status == "similar" and needle.similar.path == "burst/IMG_1.png"
     assert result.folders[0].verdict == hs.Verdict.NOT_IN
-    assert "      IMG_2.png  (similar to burst/IMG_1.png" in hs.render_text(result, list_missing=True)
+    listing = hs.render_text(result, list_missing=True)  # says what the tool knows, not "another shot"
+    assert "      IMG_2.png  (similar to burst/IMG_1.png (similarity 0.9" in listing
+    assert "), not confirmed as a copy)\n" in listing
 
 
 def test_a_default_run_says_what_a_wider_search_would_add(trees) -> None:
