@@ -75,7 +75,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePath
 from typing import BinaryIO, NoReturn, Protocol, TypeVar
 
-__version__ = "2.5.1"
+__version__ = "2.5.2"
 __all__ = [
     "run", "Settings", "RunResult", "Tree", "NeedleResult", "Match", "FolderVerdict", "Fingerprint",
     "NeedleStatus", "Verdict", "Source", "Kind", "Method", "render_text", "render_summary", "render_json",
