@@ -327,11 +327,11 @@ def test_a_crop_or_straightening_of_thin_lines_on_a_smooth_sky_is_a_copy() -> No
 def test_another_caption_on_the_same_template_is_no_copy() -> None:
     """Six pairs of memes on each committed photo, the same template under other words: 36 x 36
     pixels average a caption to the same grey band, so the thumbnail alone took 7 of these 48 for
-    copies (2.4.0). The signs of the fine detail tell the letters apart: 1 of 48 now. Copies of
-    the same memes stay copies."""
+    copies (2.4.0). The signs of the fine detail tell the letters apart: 1 of 48 in 2.5, which let
+    3 blocks of it disagree, none since 2.6, which lets 2. Copies of the same memes stay copies."""
     others = [(jpeg(meme(read_photo(i), 100 + 2 * s)), meme(read_photo(i), 101 + 2 * s))
               for i in range(len(PHOTOS)) for s in range(6)]
     copies = [(jpeg(meme(read_photo(i), 100 + 2 * s), 80), meme(read_photo(i), 100 + 2 * s))
               for i in range(len(PHOTOS)) for s in range(6)]
-    assert sum(confirmed(others)) == 1
+    assert sum(confirmed(others)) == 0
     assert all(confirmed(copies))
