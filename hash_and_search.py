@@ -161,8 +161,8 @@ DETAIL_CELL = DETAIL_SIDE // SIGNATURE_SIDE  # fine pixels a side of a signature
 # nor any of the 134 made from the 46 photos nothing was tuned on (hard_calibration_46.md).
 LOW_DETAIL_MAX_SPREAD = 4.0
 # From 8 to 16 the calibration accepts no different shot that 8 does not, but the copies gained
-# are few (rescans 46-50% to 54-58% on the committed photos), and matching 20,000 x 2,000 takes
-# 1.5 s at 8, 5.3 s at 16 (benchmarks/match_benchmark.py, version 2.5.1).
+# are few (rescans 46-48% to 54-56% on the committed photos, version 2.6), and matching 20,000 x
+# 2,000 takes 1.5 s at 8, 5.3 s at 16 (benchmarks/match_benchmark.py, version 2.5.1).
 RECOMMENDED_DISTANCE = 8
 
 
@@ -1910,8 +1910,9 @@ MAX_BLOB_SHARE = 0.014
 # the 18,296 copies accepted there are turned down (crops and straightenings of slides most); at
 # 1, 123, stickers among them (2 of the committed photos' 48 in half A). On two new draws
 # (seeds 110000, where 1 was tried too, and 120000, run once), mixed and graphics-only, beside
-# 2.5.2: other captions accepted 6 -> 3 of 108; at distance 8 crops and straightenings lost up to 6 points in a half
-# (crops 96 -> 93% and 96 -> 92%, straightenings 100 -> 94% and 91 -> 87%), rescans up to 2.
+# 2.5.2: other captions accepted 6 -> 3 of 108; at distance 8 crops and straightenings lost up to
+# 6 points in a half (crops 96 -> 93% and 96 -> 92%, straightenings 100 -> 94% and 91 -> 87%),
+# rescans up to 2.
 # A copy turned down is reported as similar; a caption taken for a copy loses a meme.
 DETAIL_BLOCK = 16
 DETAIL_MIN_KEPT = 0.15
