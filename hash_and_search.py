@@ -138,17 +138,16 @@ SIGNATURE_SIDE = 36
 # 0.5 watermarks 88-96%, at this 96-97% and 94-96%.
 SIGNATURE_SMOOTHING = 0.375
 # The signature also keeps the finest detail, to tell text apart: 36 x 36 pixels average a meme's
-# caption to the same grey band whatever its words (other captions on one template matched
-# 3 + 5 of 23 + 23 times in hard_calibration_graphics.md). At DETAIL_SIDE (the fine grid at hash
-# size 8) a caption's letters are about 10 pixels high. Kept: which DETAIL_CELLS of the 36 x 36
-# cells (4 x 4 fine pixels each) have the most detail, the fine grid less its Gaussian blur of
-# DETAIL_BLUR pixels, and the sign of that detail in each of their pixels: 546 bytes, so
-# 1,842 with the thumbnail. Chosen with the confirmation's DETAIL_ limits on 46 meme templates and
-# the committed photos' calibration (pickled pairs with their fine grids), on the other captions
-# and copies that the thumbnail alone accepts at distance 8: with a blur of 3 pixels all 6
-# captions were turned down and one straightened slide; with 2, five copies of slides (crops,
-# straightenings, a rescan) too; with 4, 2 of the 6 captions passed; 256 cells let 1 caption pass and turned
-# down 4 copies.
+# caption to the same grey band whatever its words (other captions on one template matched 3 + 5
+# of 23 + 23 times in hard_calibration_graphics.md). At DETAIL_SIDE (the fine grid at hash size 8)
+# a caption's letters are about 10 pixels high. Kept: which DETAIL_CELLS of the 36 x 36 cells
+# (4 x 4 fine pixels each) have the most detail, the fine grid less its Gaussian blur of DETAIL_BLUR
+# pixels, and the sign of that detail in each of their pixels: 546 bytes, so 1,842 with the
+# thumbnail. Chosen with the confirmation's DETAIL_ limits on 46 meme templates and the committed
+# photos' calibration (pickled pairs with their fine grids), on the other captions and copies that
+# the thumbnail alone accepts at distance 8: with a blur of 3 pixels all 6 captions were turned
+# down and one straightened slide; with 2, five copies of slides (crops, straightenings, a rescan)
+# too; with 4, 2 of the 6 captions passed; 256 cells let 1 caption pass and turned down 4 copies.
 DETAIL_SIDE = 144
 DETAIL_BLUR = 3.0
 DETAIL_CELLS = 192
@@ -1897,23 +1896,22 @@ SHIFT_TOLERANCE = 0.3
 # photos and the seed-70000 draw moved subjects reach down to 1.54% and 1.31%; the one under
 # this limit changed 1.31% of its pixels, which the changed share above turns down.
 MAX_BLOB_SHARE = 0.014
-# Last, the fine detail (DETAIL_SIDE): other captions on one template leave the thumbnail
-# alike, but not the signs of their letters' detail. In each DETAIL_BLOCK-square block of the
-# fine grid where both signatures kept at least DETAIL_MIN_KEPT of the pixels, the signs must
-# agree (as a mean of +1 and -1) by DETAIL_MIN_AGREEMENT, at the best of the needle's shifts by
-# up to one fine pixel (a crop resamples letters a few pixels high); a copy has at most
-# DETAIL_MAX_BLOCKS blocks that do not (a sticker fails one or two). Version 2.5 allowed 3, chosen
-# on the sets DETAIL_BLUR names (6 captions the thumbnail accepts): at 0.5 and 3 blocks none
-# passed and one copy failed; at 0.4, 2 passed; at 0.5 and 2 blocks, 3 copies failed. The sets
-# drawn since (seeds 90000 and 100000, and the graphics of seed 0; pickled) showed what 3 let
-# through: of 8 other captions and slides accepted, 3 failed 3 blocks and 2 failed 2. At 2, 31 of
-# the 18,296 copies accepted there are turned down (crops and straightenings of slides most); at
-# 1, 123, stickers among them (2 of the committed photos' 48 in half A). On two new draws
-# (seeds 110000, where 1 was tried too, and 120000, run once), mixed and graphics-only, beside
-# 2.5.2: other captions accepted 6 -> 3 of 108; at distance 8 crops and straightenings lost up to
-# 6 points in a half (crops 96 -> 93% and 96 -> 92%, straightenings 100 -> 94% and 91 -> 87%),
-# rescans up to 2.
-# A copy turned down is reported as similar; a caption taken for a copy loses a meme.
+# Last, the fine detail (DETAIL_SIDE): other captions on one template leave the thumbnail alike,
+# but not the signs of their letters' detail. In each DETAIL_BLOCK-square block of the fine grid
+# where both signatures kept at least DETAIL_MIN_KEPT of the pixels, the signs must agree (as a
+# mean of +1 and -1) by DETAIL_MIN_AGREEMENT, at the best of the needle's shifts by up to one fine
+# pixel (a crop resamples letters a few pixels high); a copy has at most DETAIL_MAX_BLOCKS blocks
+# that do not (a sticker fails one or two). Version 2.5 allowed 3, chosen on the sets DETAIL_BLUR
+# names (6 captions the thumbnail accepts): at 0.5 and 3 blocks none passed and one copy failed;
+# at 0.4, 2 passed; at 0.5 and 2 blocks, 3 copies failed. The sets drawn since (seeds 90000 and
+# 100000, and the graphics of seed 0; pickled) showed what 3 let through: of 8 other captions and
+# slides accepted, 3 failed 3 blocks and 2 failed 2. At 2, 31 of the 18,296 copies accepted there
+# are turned down (crops and straightenings of slides most); at 1, 123, stickers among them (2 of
+# the committed photos' 48 in half A). On two new draws (seeds 110000, where 1 was tried too, and
+# 120000, run once), mixed and graphics-only, beside 2.5.2: other captions accepted 6 -> 3 of 108;
+# at distance 8 crops and straightenings lost up to 6 points in a half (crops 96 -> 93% and
+# 96 -> 92%, straightenings 100 -> 94% and 91 -> 87%), rescans up to 2. A copy turned down is reported
+# as similar; a caption taken for a copy loses a meme.
 DETAIL_BLOCK = 16
 DETAIL_MIN_KEPT = 0.15
 DETAIL_MIN_AGREEMENT = 0.5

@@ -17,7 +17,6 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -26,8 +25,7 @@ from hard_calibration import hs
 
 
 def shrink(pixels: np.ndarray, side: int) -> np.ndarray:
-    scale = side / min(pixels.shape[:2])
-    return hc.jpeg(cv2.resize(pixels, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), 90)
+    return hc.jpeg(hc.resize(pixels, side / min(pixels.shape[:2])), 90)
 
 
 def confirmed(pairs: list[tuple[hc.Print, hc.Print]], detail_test: bool) -> np.ndarray:
