@@ -1925,7 +1925,8 @@ DETAIL_BLOCK = 16
 DETAIL_MIN_KEPT = 0.15
 DETAIL_MIN_AGREEMENT = 0.55
 DETAIL_MAX_BLOCKS = 1
-DETAIL_SHIFTS = ((0, 0), *((y, x) for y in (-1, -0.5, 0, 0.5, 1) for x in (-1, -0.5, 0, 0.5, 1) if y or x))  # none first
+DETAIL_SHIFTS = ((0, 0), *((y, x) for y in (-1, -0.5, 0, 0.5, 1)  # none first
+                           for x in (-1, -0.5, 0, 0.5, 1) if y or x))
 # Auto-contrast clips the darkest and lightest few percent of the pixels (PIL's cutoff of 2%),
 # which no gain and offset fits: where the needle lies within this share of its range of its
 # own darkest (lightest) level and the fitted tone lies beyond that level, the difference is
@@ -2272,7 +2273,7 @@ def _detail_agrees(needle: bytes, haystack: bytes, orientation: int, params) -> 
                 for a in _warped(x, y, x - _CENTRE, y - _CENTRE, *(float(p) for p in params[:GEOMETRY])))
         sign, kept = cv2.remap(mine, X[:, None], Y[:, None], cv2.INTER_NEAREST,
                                borderMode=cv2.BORDER_CONSTANT)[:, 0].T
-        both = kept > 0.99
+        both = kept > 0  # 0 or 1: the nearest needle pixel was kept or not
         agree = np.bincount(block, np.where(both, wanted * sign, 0), per_side ** 2)
         count = np.bincount(block, both, per_side ** 2)
         best = np.maximum(best, np.where(count >= DETAIL_MIN_KEPT * DETAIL_BLOCK ** 2,

@@ -358,8 +358,8 @@ def slide(background: int, seed: int) -> np.ndarray:
 def test_another_slide_of_the_same_deck_is_seldom_a_copy() -> None:
     """Slides of one template with other words: 2.6 took 11 of these 48 for copies. 2.7 takes
     the sign of the nearest needle pixel, not a mix that drags a copy sampled between pixels
-    towards no agreement, tries half-pixel shifts, and lets 1 block of 0.55 agreement fail, not
-    2 of 0.5: 5 of 48 still pass, as their text is finer than the fine grid resolves (a line's
+    towards no agreement, tries half-pixel shifts, and lets 1 block agree by less than 0.55, not
+    2 by less than 0.5: 5 of 48 still pass, as their text is finer than the fine grid resolves (a line's
     band, not its words). Copies of the same slides (JPEG 80, half size) stay copies."""
     others, copies = [], []
     for background in (60, 110, 160, 210):
