@@ -1027,11 +1027,11 @@ def signature_cells(means):
     return cv2.resize(smooth, (SIGNATURE_SIDE, SIGNATURE_SIDE), interpolation=cv2.INTER_AREA)
 
 
-def make_signature(cells, means) -> bytes:
+def make_signature(cells, fine) -> bytes:
     """The thumbnail, stretched to 0..255, then detail_signs of the fine grid (detail_grid)."""
     np = _np()
     low, high = float(cells.min()), float(cells.max())
-    return np.rint((cells - low) * (255 / max(high - low, 1e-9))).astype(np.uint8).tobytes() + detail_signs(means)
+    return np.rint((cells - low) * (255 / max(high - low, 1e-9))).astype(np.uint8).tobytes() + detail_signs(fine)
 
 
 def detail_signs(means) -> bytes:
