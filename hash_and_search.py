@@ -161,7 +161,7 @@ DETAIL_CELL = DETAIL_SIDE // SIGNATURE_SIDE  # fine pixels a side of a signature
 LOW_DETAIL_MAX_SPREAD = 4.0
 # From 8 to 16 the calibration accepts no different shot that 8 does not, but the copies gained
 # are few (rescans 44-48% to 52-56% on the committed photos, version 2.7), and matching 20,000 x
-# 2,000 takes 1.5 s at 8, 5.3 s at 16 (benchmarks/match_benchmark.py, version 2.5.1).
+# 2,000 takes 1.6 s at 8, 4.5 s at 16 (benchmarks/match_benchmark.py, version 2.7.1).
 RECOMMENDED_DISTANCE = 8
 
 
